@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from robust_nb.data import (DatasetUnavailableError, DeviceLoader, check_images, load_dataset,
+                            random_crop)
+
+
+def test_mnist_5k_split_is_stratified_and_in_range(mnist):
+    (xtr, ytr), (xte, yte) = mnist.train, mnist.test
+    assert xtr.shape == (4000, 1, 28, 28) and xte.shape == (1000, 1, 28, 28)
+    assert xtr.dtype == torch.float32 and ytr.dtype == torch.int64
+    assert torch.equal(torch.bincount(yte), torch.full((10,), 100))
+    assert torch.equal(torch.bincount(ytr), torch.full((10,), 400))
+    assert 0 <= xtr.min() and xtr.max() <= 1 and xtr.max() == 1
+    # mean/std are the train split's statistics
+    assert mnist.mean[0] == pytest.approx(xtr.mean().item(), abs=1e-4)
+    assert mnist.std[0] == pytest.approx(xtr.std().item(), abs=1e-4)
+    assert mnist.classes == tuple("0123456789") and not mnist.flip
+
+
+def test_split_is_deterministic(mnist):
+    again = load_dataset("mnist-5k")
+    assert torch.equal(again.test[0], mnist.test[0])
+
+
+def test_unknown_dataset_lists_known_names():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar11'.*mnist-5k.*cifar10"):
+        load_dataset("cifar11")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "svhn"])
+def test_missing_offline_dataset_says_what_to_do(name, tmp_path):
+    with pytest.raises(DatasetUnavailableError) as info:
+        load_dataset(name, root=tmp_path, download=False)
+    msg = str(info.value)
+    assert name in msg and str(tmp_path) in msg and "offline" in msg and "mnist-5k" in msg
+
+
+def test_root_comes_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBUST_NB_DATA", str(tmp_path / "here"))
+    with pytest.raises(DatasetUnavailableError, match="here"):
+        load_dataset("cifar10", download=False)
+
+
+def test_check_images_rejects_bad_input():
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        check_images(x[0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        check_images(x * 255)
+    with pytest.raises(ValueError, match="one label per image"):
+        check_images(x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        check_images(x, torch.zeros(4))
+
+
+def _loader(mnist, **kw):
+    x, y = mnist.train
+    return DeviceLoader(x[:1000], y[:1000], batch_size=96, **kw)
+
+
+def test_every_sample_once_per_epoch(mnist):
+    loader = _loader(mnist, seed=1)
+    x, y = mnist.train
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader) == 11 and len(batches[-1][1]) == 1000 - 10 * 96
+        seen = torch.cat([xb for xb, _ in batches])
+        # same multiset of images: compare sorted per-image sums (no augmentation here)
+        assert torch.equal(seen.sum((1, 2, 3)).sort().values, x[:1000].sum((1, 2, 3)).sort().values)
+    assert len(_loader(mnist, drop_last=True)) == 10
+
+
+def test_same_seed_same_batches_different_seed_different(mnist):
+    a = [yb for _, yb in _loader(mnist, seed=5, augment="crop+flip")]
+    b = [yb for _, yb in _loader(mnist, seed=5, augment="crop+flip")]
+    c = [yb for _, yb in _loader(mnist, seed=6, augment="crop+flip")]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not all(torch.equal(u, v) for u, v in zip(a, c))
+
+
+def test_state_dict_resumes_the_stream(mnist):
+    loader = _loader(mnist, seed=2, augment="crop")
+    list(loader)
+    state = loader.state_dict()
+    expected = [xb for xb, _ in loader]
+    loader.load_state_dict(state)
+    assert all(torch.equal(u, v) for u, v in zip(expected, (xb for xb, _ in loader)))
+
+
+def test_random_crop_is_a_shift_of_the_padded_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2000, 1, 6, 6)
+    out = random_crop(x, 2, g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    windows = padded.unfold(2, 6, 1).unfold(3, 6, 1)  # (N, 1, 5, 5, 6, 6): all 25 shifts
+    match = (windows == out[:, :, None, None]).flatten(4).all(-1)[:, 0]  # (N, 5, 5)
+    assert match.flatten(1).any(1).all()               # each output is one of the shifts
+    dy = match.any(2).float().argmax(1)
+    freq = torch.bincount(dy, minlength=5).float() / len(x)
+    assert torch.allclose(freq, torch.full((5,), 0.2), atol=0.04)  # shifts are uniform
+
+
+def test_flip_happens_half_the_time(mnist):
+    x, y = mnist.train
+    loader = DeviceLoader(x, y, batch_size=4000, shuffle=False, augment="flip", seed=0)
+    out, _ = next(iter(loader))
+    flipped = (out == x.flip(3)).flatten(1).all(1) & ~(out == x).flatten(1).all(1)
+    assert 0.45 < flipped.float().mean() < 0.55
+
+
+def test_loader_rejects_bad_arguments(mnist):
+    x, y = mnist.train
+    with pytest.raises(ValueError, match="unknown augment"):
+        DeviceLoader(x, y, augment="rotate")
+    with pytest.raises(ValueError, match="one label per image"):
+        DeviceLoader(x, y[:10])
