@@ -1,0 +1,12 @@
+"""Training: one loop (:class:`ClassicalTraining`) that every method extends, its history,
+schedules, checkpoints, load-or-train cache and named recipes."""
+
+from .base import ClassicalTraining, TrainingDiverged
+from .cache import load_or_train
+from .checkpoint import CheckpointError
+from .history import History
+from .recipes import RECIPES, train_method
+from .schedules import SCHEDULES, lr_factor
+
+__all__ = ["ClassicalTraining", "TrainingDiverged", "CheckpointError", "History", "load_or_train",
+           "RECIPES", "train_method", "SCHEDULES", "lr_factor"]

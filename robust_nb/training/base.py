@@ -1,0 +1,492 @@
+"""`ClassicalTraining`: the one training loop of the course, which every robust method extends.
+
+A method is a small subclass that changes how a batch's loss is computed, never a copy of the
+loop. The hooks, in the order the loop calls them:
+
+* ``callbacks``: each ``cb(epoch)`` at the start of every epoch (0-based), e.g. a
+  ``rnb.models.DropBlockSchedule``;
+* :meth:`ClassicalTraining.perturb` ``(x, y) -> x'``: default identity; adversarial training
+  returns adversarial examples here (model in train mode; it may switch to eval with
+  ``rnb.attacks._base.attack_mode`` and must not touch parameter grads);
+* :meth:`ClassicalTraining.training_loss` ``(x, y) -> (loss, logits)``: default = perturb, then
+  mixup if ``mixup_alpha > 0``, then cross-entropy (with label smoothing / soft targets); runs
+  inside ``torch.autocast``; TRADES/FIRE override it whole;
+* :meth:`ClassicalTraining.on_epoch_end` ``(epoch, record)``: after the epoch's evaluation; may
+  set ``self.stop_reason`` to stop training, or restore weights;
+* :meth:`ClassicalTraining.config_dict`: the JSON-able hyperparameters (checkpoint config and the
+  load-or-train cache key); subclasses add theirs.
+
+What the loop does for every method: on-device batches and augmentation (``rnb.data.DeviceLoader``),
+SGD (momentum, Nesterov) / Adam / AdamW, per-step learning-rate schedules with warm-up
+(:mod:`.schedules`), mixed precision through ``torch.autocast`` on the model's device, optional
+``channels_last`` and gradient clipping, an exponential moving average (EMA) of the weights *and*
+BatchNorm buffers, an abort with :class:`TrainingDiverged` on a non-finite loss, atomic
+per-epoch checkpoints with exact resume, and a :class:`History`.
+
+Host synchronisation: per-step losses and correct counts stay on the device; the host reads them
+only every ``log_every`` steps and at the end of an epoch. That is also when a non-finite loss is
+noticed: the abort happens at the next check (at most ``log_every - 1`` steps late; on a CPU a
+per-step check would cost nothing, but the loop is the same on every device). The exception names
+the *first* non-finite step, read back from the device buffer, and no checkpoint is written for
+the failed epoch, so the last good one stays intact.
+
+EMA: ``ema = decay * ema + (1 - decay) * weights`` after every optimizer step, over parameters
+and buffers (BatchNorm running statistics), with ``torch.optim.swa_utils.AveragedModel`` and
+``get_ema_multi_avg_fn`` (``use_buffers=True``); the first update copies the weights. Evaluation,
+``eval_model`` and saving use the EMA copy when ``ema_decay > 0``. This is the weight averaging
+of Polyak & Juditsky (1992) in its exponential form, as used e.g. by Gowal et al., "Uncovering
+the limits of adversarial training against norm-bounded adversarial examples", 2020,
+https://arxiv.org/abs/2010.03593.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..attacks._base import model_device
+from ..data import AUGMENTATIONS, Dataset, DeviceLoader, check_images
+from ..evaluation import predict_logits
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save, safe_load
+from .history import History
+from .schedules import check_schedule, lr_factor
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+AMP_CHOICES = (None, False, True, "bf16", "fp16")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; training stopped.
+
+    Attributes ``epoch`` (0-based), ``step`` (0-based, within the epoch), ``global_step`` and
+    ``losses`` (the last finite losses before it, then the non-finite one).
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, global_step: int,
+                 losses: list[float]):
+        super().__init__(message)
+        self.epoch, self.step, self.global_step, self.losses = epoch, step, global_step, losses
+
+
+def _as_pair(data, split: str, name: str) -> tuple[Tensor, Tensor]:
+    if isinstance(data, Dataset):
+        return getattr(data, split)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        check_images(x, y, name=f"{name} images")
+        return x, y
+    raise ValueError(f"{name} must be an (images, labels) pair or a Dataset, "
+                     f"got {type(data).__name__}")
+
+
+def _callback_name(cb) -> str:
+    # A readable, *stable* description for the config (and so the cache key): objects with their
+    # own __repr__ (DropBlockSchedule) give it; plain functions give their qualified name.
+    if type(cb).__repr__ is not object.__repr__ and not callable(getattr(cb, "__code__", None)):
+        return repr(cb)
+    return getattr(cb, "__qualname__", type(cb).__name__)
+
+
+class ClassicalTraining:
+    """Standard (non-robust) training of ``model`` in place; the base class of every method.
+
+    Args:
+        model: the network (its device is the training device; it is trained in place).
+        epochs, lr, batch_size: passes over the training set, peak learning rate, batch size.
+        optimizer: ``"sgd"`` (with ``momentum``, ``nesterov``), ``"adam"`` or ``"adamw"``.
+        weight_decay: L2 penalty (SGD/Adam) or decoupled decay (AdamW), on every parameter.
+        schedule: ``"cosine"``, ``"onecycle"``, ``"piecewise"`` or ``"constant"`` (per step, see
+            :mod:`robust_nb.training.schedules`), after ``warmup_epochs`` of linear warm-up.
+        label_smoothing: Szegedy et al. 2016 (https://arxiv.org/abs/1512.00567).
+        augment: ``DeviceLoader`` augmentation: "none", "crop", "flip", "crop+flip".
+        ema_decay: per-step EMA decay of weights and BN buffers; 0 disables it.
+        amp: ``None`` = automatic (bf16 on CUDA GPUs that support it, else fp16 with a gradient
+            scaler; off on CPU and MPS, where bf16 autocast was measured *slower* for these small
+            convolutions, see the notebook 03 report); ``True`` = bf16 (fp16 on CUDA without
+            bf16); ``"bf16"`` / ``"fp16"``; ``False`` = off.
+        channels_last: train in the ``channels_last`` memory format (faster on recent GPUs).
+        grad_clip: clip the global gradient norm to this value (``None`` = off).
+        mixup_alpha: mixup with Beta(alpha, alpha) (Zhang et al. 2018,
+            https://arxiv.org/abs/1710.09412) via ``rnb.losses.mixup_batch``; 0 = off.
+        seed: seeds the loader's shuffling/augmentation, mixup, and (inside ``fit`` only, the
+            caller's global generator is restored afterwards) dropout/DropBlock.
+        checkpoint: file written atomically after every epoch (``None`` = no checkpoints).
+        log_every: steps between host reads of the loss (progress bar, NaN check).
+        quiet: no progress bars.
+        callbacks: ``cb(epoch)`` called at the start of every epoch.
+        num_classes: for mixup's one-hot targets; default from the data.
+        eval_batch_size: batch size of the per-epoch evaluation.
+
+    >>> trainer = ClassicalTraining(model, epochs=6, lr=0.05, batch_size=128, augment="crop",
+    ...                             ema_decay=0.99)
+    >>> history = trainer.fit(data, val=data.test)
+    >>> rnb.evaluation.accuracy(trainer.eval_model, *data.test)
+    """
+
+    def __init__(self, model: nn.Module, *, epochs: int, lr: float, batch_size: int,
+                 optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False,
+                 weight_decay: float = 5e-4, schedule: str = "cosine", warmup_epochs: int = 0,
+                 label_smoothing: float = 0.0, augment: str = "none", ema_decay: float = 0.0,
+                 amp: bool | str | None = None, channels_last: bool = False,
+                 grad_clip: float | None = None, mixup_alpha: float = 0.0, seed: int = 0,
+                 checkpoint: str | Path | None = None, log_every: int = 50, quiet: bool = False,
+                 callbacks: Sequence[Callable[[int], None]] = (), num_classes: int | None = None,
+                 eval_batch_size: int = 500):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if int(epochs) != epochs or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+        check_schedule(schedule)
+        if int(warmup_epochs) != warmup_epochs or not 0 <= warmup_epochs < epochs:
+            raise ValueError(f"warmup_epochs must be an integer in [0, epochs={epochs}), "
+                             f"got {warmup_epochs}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTATIONS}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1) (0 disables EMA), got {ema_decay}")
+        if amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
+        if not mixup_alpha >= 0:
+            raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixup), got {mixup_alpha}")
+        if int(log_every) != log_every or log_every < 1:
+            raise ValueError(f"log_every must be a positive integer, got {log_every}")
+        for cb in callbacks:
+            if not callable(cb):
+                raise ValueError(f"every callback must be callable as cb(epoch), got {cb!r}")
+
+        self.model = model
+        self.device = model_device(model)
+        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
+        self.optimizer_name, self.momentum, self.nesterov = optimizer, float(momentum), bool(nesterov)
+        self.weight_decay, self.schedule = float(weight_decay), schedule
+        self.warmup_epochs, self.label_smoothing = int(warmup_epochs), float(label_smoothing)
+        self.augment, self.ema_decay = augment, float(ema_decay)
+        self.amp_dtype = self._resolve_amp(amp, self.device)
+        self.channels_last, self.grad_clip = bool(channels_last), grad_clip
+        self.mixup_alpha, self.seed = float(mixup_alpha), int(seed)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.log_every, self.quiet = int(log_every), bool(quiet)
+        self.callbacks = list(callbacks)
+        self.num_classes, self.eval_batch_size = num_classes, int(eval_batch_size)
+
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = self._build_optimizer()
+        # fp16 needs loss scaling; bf16 (same exponent range as fp32) does not. A disabled scaler
+        # is a pass-through, so there is one code path.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
+                                  use_buffers=True) if self.ema_decay > 0 else None)
+        self.mixup_generator = torch.Generator(device=self.device)
+        self.mixup_generator.manual_seed(self.seed + 1)
+
+        self.epoch = 0           # epochs completed
+        self.global_step = 0     # optimizer steps taken
+        self.history = History()
+        self.stop_reason: str | None = None
+        self._loader: DeviceLoader | None = None
+
+    # ------------------------------------------------------------------ configuration
+    @staticmethod
+    def _resolve_amp(amp, device: torch.device) -> torch.dtype | None:
+        if amp is False:
+            return None
+        if amp == "bf16":
+            return torch.bfloat16
+        if amp == "fp16":
+            return torch.float16
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if amp is True:
+            return torch.float16 if device.type == "cuda" and not cuda_bf16 else torch.bfloat16
+        # amp=None: automatic. On CPU it is off: see the class docstring.
+        if device.type == "cuda":
+            return torch.bfloat16 if cuda_bf16 else torch.float16
+        return None
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                   nesterov=self.nesterov, weight_decay=self.weight_decay)
+        cls = torch.optim.Adam if self.optimizer_name == "adam" else torch.optim.AdamW
+        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def config_dict(self) -> dict:
+        """JSON-able hyperparameters: the checkpoint's config and part of the cache key.
+
+        Subclasses extend it: ``d = super().config_dict(); d.update(eps=self.eps); return d``.
+        ``log_every``, ``quiet`` and ``checkpoint`` are left out (they do not change the result).
+        """
+        amp = {None: None, torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return {
+            "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+            "optimizer": self.optimizer_name, "momentum": self.momentum,
+            "nesterov": self.nesterov, "weight_decay": self.weight_decay,
+            "schedule": self.schedule, "warmup_epochs": self.warmup_epochs,
+            "label_smoothing": self.label_smoothing, "augment": self.augment,
+            "ema_decay": self.ema_decay, "amp": amp, "channels_last": self.channels_last,
+            "grad_clip": self.grad_clip, "mixup_alpha": self.mixup_alpha, "seed": self.seed,
+            "eval_batch_size": self.eval_batch_size,
+            "callbacks": [_callback_name(cb) for cb in self.callbacks],
+        }
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate and save: the EMA copy when ``ema_decay > 0``, else ``model``."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ hooks
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        """The training inputs for a batch; default: the clean batch itself."""
+        return x
+
+    def training_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, logits)`` for one batch (runs inside ``torch.autocast``)."""
+        x = self.perturb(x, y)
+        target = y
+        if self.mixup_alpha > 0:
+            from ..losses import mixup_batch
+
+            x, target = mixup_batch(x, y, self.mixup_alpha, self.num_classes,
+                                    generator=self.mixup_generator)   # target: (B, K) soft
+        logits = self.model(x)                                          # (B, K)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+        return loss, logits
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        """Called after each epoch's evaluation; may set ``self.stop_reason``."""
+
+    def extra_state(self) -> dict:
+        """Method-specific state to put in checkpoints (tensors and plain values)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    # ------------------------------------------------------------------ the loop
+    def _lr_at(self, step: int, steps_per_epoch: int) -> float:
+        return self.lr * lr_factor(self.schedule, step, self.epochs * steps_per_epoch,
+                                   self.warmup_epochs * steps_per_epoch)
+
+    def _rng_context(self):
+        # Dropout/DropBlock draw from the global generator: fork it so that fit() is
+        # reproducible from `seed` and leaves the caller's generator as it found it.
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            return torch.random.fork_rng(devices=[index], device_type="cuda")
+        return torch.random.fork_rng(devices=[])
+
+    def fit(self, train, val=None, resume: bool = False) -> History:
+        """Train for ``epochs`` (or what is left of them after ``resume``); return the History.
+
+        ``train``: an ``(images, labels)`` pair or a ``Dataset`` (its ``.train``); ``val``: a pair
+        or a ``Dataset`` (its ``.test``), evaluated after every epoch. ``resume=True`` continues
+        from ``checkpoint`` when that file exists (else starts afresh); with the same seed on the
+        same device the result is the same as an uninterrupted run.
+        """
+        x_train, y_train = _as_pair(train, "train", "train")
+        val_pair = _as_pair(val, "test", "val") if val is not None else None
+        if resume and self.checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=<path> in the trainer")
+        if self.epoch > 0 and not resume:
+            raise ValueError(f"this trainer has already run {self.epoch} epoch(s); build a new "
+                             f"one, or continue with resume=True and a checkpoint")
+        if self.num_classes is None:
+            self.num_classes = (train.num_classes if isinstance(train, Dataset)
+                                else int(y_train.max()) + 1)
+        loader = DeviceLoader(x_train, y_train, self.batch_size, augment=self.augment,
+                              seed=self.seed, device=self.device)
+        if val_pair is not None:
+            val_pair = (val_pair[0].to(self.device), val_pair[1].to(self.device))
+        with self._rng_context():
+            torch.manual_seed(self.seed)
+            if resume and self.checkpoint.exists():
+                self._load_checkpoint(self.checkpoint, loader)
+            self._run(loader, val_pair)
+        return self.history
+
+    def _run(self, loader: DeviceLoader, val_pair) -> None:
+        from tqdm.auto import tqdm
+
+        steps = len(loader)
+        n_train = len(loader.labels)
+        epoch_bar = tqdm(total=self.epochs, initial=self.epoch, desc=type(self).__name__,
+                         unit="epoch", disable=self.quiet)
+        try:
+            while self.epoch < self.epochs and self.stop_reason is None:
+                epoch = self.epoch
+                for cb in self.callbacks:
+                    cb(epoch)
+                start = time.perf_counter()
+                losses = torch.full((steps,), float("nan"), device=self.device)
+                correct = torch.zeros((), dtype=torch.long, device=self.device)
+                checked = 0
+                batch_bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", unit="batch",
+                                 leave=False, disable=self.quiet)
+                self.model.train()
+                for i, (x, y) in enumerate(loader):
+                    self._train_step(x, y, losses, correct, i, steps)
+                    if (i + 1) % self.log_every == 0 or i + 1 == steps:
+                        self._check_finite(losses, checked, i + 1, epoch)   # host sync
+                        batch_bar.set_postfix(loss=f"{losses[i].item():.3f}", refresh=False)
+                        batch_bar.update(i + 1 - checked)
+                        checked = i + 1
+                batch_bar.close()
+                record = {"epoch": epoch, "loss": losses.mean().item(),
+                          "acc": correct.item() / n_train,
+                          "lr": self.optimizer.param_groups[0]["lr"]}
+                record.update(self._evaluate(val_pair))
+                record["time"] = time.perf_counter() - start
+                self.on_epoch_end(epoch, record)
+                self.history.records.append(record)
+                self.epoch = epoch + 1
+                if self.stop_reason is not None:
+                    self.history.stopped = self.stop_reason
+                if self.checkpoint is not None:
+                    self.save_checkpoint(self.checkpoint, loader)
+                epoch_bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()
+                                       if k in ("loss", "acc", "val_acc") and v is not None})
+                epoch_bar.update(1)
+        finally:
+            epoch_bar.close()
+        self.eval_model.eval()
+
+    def _train_step(self, x: Tensor, y: Tensor, losses: Tensor, correct: Tensor, i: int,
+                    steps: int) -> None:
+        lr = self._lr_at(self.global_step, steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            loss, logits = self.training_loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        losses[i] = loss.detach()
+        correct += (logits.detach().argmax(1) == y).sum()
+        self.global_step += 1
+
+    def _check_finite(self, losses: Tensor, start: int, stop: int, epoch: int) -> None:
+        window = losses[start:stop]
+        bad = ~torch.isfinite(window)
+        if not bool(bad.any()):
+            return
+        step = start + int(bad.nonzero()[0])
+        last = [round(v, 4) for v in losses[max(0, step - 5):step + 1].tolist()]
+        global_step = self.global_step - (stop - step)
+        ckpt = (f"The last good checkpoint ({self.checkpoint}, {self.epoch} epoch(s)) is intact; "
+                f"resume from it after changing a setting." if self.checkpoint is not None
+                else "No checkpoint was being written (checkpoint=None).")
+        raise TrainingDiverged(
+            f"training diverged: the loss became {last[-1]} at epoch {epoch} (0-based), step "
+            f"{step} of {len(losses)} (global step {global_step}, lr "
+            f"{self._lr_at(global_step, len(losses)):.4g}); last losses {last}. Try a smaller "
+            f"learning rate (lr={self.lr:g} now), a warm-up (warmup_epochs=1), gradient clipping "
+            f"(grad_clip=1.0), or amp=False. {ckpt}",
+            epoch=epoch, step=step, global_step=global_step, losses=last)
+
+    @torch.no_grad()
+    def _evaluate(self, val_pair) -> dict:
+        if val_pair is None:
+            return {"val_loss": None, "val_acc": None}
+        x, y = val_pair
+
+        def measure(model):
+            logits = predict_logits(model, x, self.eval_batch_size)   # (N, K), eval mode
+            return (F.cross_entropy(logits, y).item(),
+                    (logits.argmax(1) == y).sum().item() / len(y))
+
+        out = dict(zip(("val_loss", "val_acc"), measure(self.eval_model)))
+        if self.ema is not None:
+            out.update(zip(("val_loss_raw", "val_acc_raw"), measure(self.model)))
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, loader: DeviceLoader | None = None) -> dict:
+        """Everything needed to continue training exactly (tensors and plain values only)."""
+        rng = {"torch": torch.get_rng_state(), "mixup": self.mixup_generator.get_state(),
+               "loader": loader.state_dict()["generator"] if loader is not None else None,
+               "cuda": (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                        else None)}
+        return {
+            "format": CHECKPOINT_FORMAT, "method": type(self).__name__,
+            "config": self.config_dict(), "epoch": self.epoch, "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": rng, "history": self.history.to_dict(), "stop_reason": self.stop_reason,
+            "extra": self.extra_state(),
+        }
+
+    def save_checkpoint(self, path: str | Path, loader: DeviceLoader | None = None) -> Path:
+        """Write :meth:`state_dict` atomically to ``path``."""
+        return atomic_save(self.state_dict(loader), path)
+
+    def _load_checkpoint(self, path: Path, loader: DeviceLoader | None) -> None:
+        state = safe_load(path, CHECKPOINT_FORMAT, map_location=self.device)
+        if state["method"] != type(self).__name__:
+            raise CheckpointError(f"{path} was written by {state['method']}, not "
+                                  f"{type(self).__name__}")
+        ours = self.config_dict()
+        diff = sorted(k for k in set(ours) | set(state["config"])
+                      if ours.get(k) != state["config"].get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {state['config'].get(k)!r} in the file vs {ours.get(k)!r}"
+                               for k in diff)
+            raise CheckpointError(f"{path} was written with different settings ({detail}); "
+                                  f"use the same settings to resume, or another checkpoint path")
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{path} holds weights of another architecture: "
+                                  f"{str(err)[:300]}") from err
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.history = History.from_dict(state["history"])
+        self.stop_reason = state["stop_reason"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        self.mixup_generator.set_state(rng["mixup"].cpu())
+        if loader is not None and rng["loader"] is not None:
+            loader.load_state_dict({"generator": rng["loader"].cpu()})
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self.load_extra_state(state["extra"])
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load weights, EMA, optimizer, counters and history from a checkpoint (no data state)."""
+        self._load_checkpoint(Path(path), None)
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.config_dict().items())
+        return f"{type(self).__name__}({cfg})"

@@ -1,0 +1,80 @@
+"""Named training recipes, so that every notebook asking for the same model gets the same cache entry.
+
+``RECIPES[name](cfg) -> (trainer class, keyword arguments)`` reads every hyperparameter from the
+``Config``; :func:`train_method` builds the model with ``rnb.models.for_config`` (seeded), then
+calls :func:`~robust_nb.training.cache.load_or_train`. Robust methods register themselves here
+with one entry each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..config import Config
+from .base import ClassicalTraining
+from .cache import load_or_train
+from .history import History
+
+
+def _classical(cfg: Config) -> tuple[type, dict]:
+    return ClassicalTraining, dict(
+        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+        ema_decay=cfg.ema_decay, augment=cfg.augment, schedule="cosine", seed=cfg.seed)
+
+
+def _mixup(cfg: Config) -> tuple[type, dict]:
+    cls, kwargs = _classical(cfg)
+    return cls, dict(kwargs, mixup_alpha=cfg.mixup_alpha)
+
+
+RECIPES: dict[str, Callable[[Config], tuple[type, dict]]] = {
+    "classical": _classical,
+    "mixup": _mixup,
+}
+
+
+def _dropblock_callbacks(epochs: int) -> Callable[[nn.Module], list]:
+    def make(model: nn.Module) -> list:
+        from ..models import DropBlock2d, DropBlockSchedule
+
+        # The model is built with its target drop probability; the schedule ramps up to it.
+        target = max(m.drop_prob for m in model.modules() if isinstance(m, DropBlock2d))
+        return [DropBlockSchedule(model, drop_prob=target, epochs=epochs)]
+    return make
+
+
+def train_method(cfg: Config, data, method: str = "classical", *, model_name: str | None = None,
+                 regularization: str | None = None, quiet: bool = False,
+                 **overrides) -> tuple[nn.Module, History]:
+    """Train (or load from the cache) ``model_name or cfg.model`` on ``data`` with a recipe.
+
+    ``data`` is a ``Dataset`` (trained on ``.train``, validated on ``.test``). ``overrides``
+    replace recipe arguments (and so change the cache key). ``regularization="dropblock"`` adds
+    the linear DropBlock schedule of Ghiasi et al. 2018 as a callback. The model is initialised
+    from ``cfg.seed`` (or ``seed=`` in ``overrides``), whatever the global generator's state, so
+    the same call gives the same cache entry in every notebook.
+
+    >>> model, history = rnb.training.train_method(cfg, data, "classical")
+    """
+    if method not in RECIPES:
+        raise ValueError(f"unknown training method {method!r}; known methods: "
+                         f"{', '.join(sorted(RECIPES))}")
+    cls, kwargs = RECIPES[method](cfg)
+    kwargs = {**kwargs, **overrides}
+    seed = kwargs.get("seed", cfg.seed)
+
+    def build() -> nn.Module:
+        from .. import models
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = models.for_config(cfg, data, name=model_name, regularization=regularization)
+        return model.to(cfg.device)
+
+    make_callbacks = (_dropblock_callbacks(kwargs["epochs"]) if regularization == "dropblock"
+                      else None)
+    return load_or_train(cls, build, data, data.test, quiet=quiet, profile=cfg.profile,
+                         make_callbacks=make_callbacks, key_extra={"recipe": method}, **kwargs)
