@@ -96,6 +96,11 @@ def _check_logit_pair(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta:
         raise ValueError(f"beta must be a finite non-negative number, got {beta}")
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    """Half-precision logits (autocast) are upcast; float32 / float64 stay as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def trades_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float) -> Tensor:
     """The TRADES objective ``CE(f(x), y) + beta * KL(f(x) || f(x'))``, a scalar.
 
@@ -107,11 +112,11 @@ def trades_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float
 
     ``logits_clean``, ``logits_adv``: (B, K) logits of the model on x and on its adversarial x';
     ``y``: (B,) labels; ``beta``: weight of the robustness term (the paper's 1/lambda, 6 on
-    CIFAR-10). Computed in float32 from log-softmaxes (the same value as the reference's
+    CIFAR-10). Computed in (at least) float32 from log-softmaxes (the same value as the reference's
     ``softmax`` / ``log_softmax`` pair, without log(0) for underflowed probabilities).
     """
     _check_logit_pair(logits_clean, logits_adv, y, beta)
-    logits_clean, logits_adv = logits_clean.float(), logits_adv.float()
+    logits_clean, logits_adv = _at_least_float32(logits_clean), _at_least_float32(logits_adv)
     natural = F.cross_entropy(logits_clean, y)
     log_p = F.log_softmax(logits_clean, dim=1)                      # (B, K) clean
     log_q = F.log_softmax(logits_adv, dim=1)                        # (B, K) adversarial
@@ -173,7 +178,7 @@ def fire_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float,
     _check_logit_pair(logits_clean, logits_adv, y, beta)
     if not 0 < stability < 1:
         raise ValueError(f"stability must lie in (0, 1), got {stability}")
-    logits_clean, logits_adv = logits_clean.float(), logits_adv.float()
+    logits_clean, logits_adv = _at_least_float32(logits_clean), _at_least_float32(logits_adv)
     natural = F.cross_entropy(logits_clean, y)
     return natural + beta * fisher_rao_penalty(logits_clean, logits_adv, stability).mean()
 
@@ -183,7 +188,7 @@ def fisher_rao_penalty(logits_p: Tensor, logits_q: Tensor, stability: float = 1e
 
     FIRE's regulariser (and the loss its inner attack ascends); see :func:`fire_loss`.
     """
-    log_p = F.log_softmax(logits_p.float(), dim=1)                  # (B, K)
-    log_q = F.log_softmax(logits_q.float(), dim=1)                  # (B, K)
+    log_p = F.log_softmax(_at_least_float32(logits_p), dim=1)       # (B, K)
+    log_q = F.log_softmax(_at_least_float32(logits_q), dim=1)       # (B, K)
     bc = ((log_p + log_q) / 2).exp().sum(1).clamp(max=1.0)          # (B,) Bhattacharyya coeff.
     return torch.acos(bc - stability) ** 2
