@@ -41,7 +41,7 @@ class Config:
     augment: str                 # DeviceLoader augmentation: "none" | "crop" | "crop+flip"
     # -- models -----------------------------------------------------------------------------
     model: str                   # the main model of the course (notebooks 03-08)
-    convnet_filters: tuple       # channels of the all-convolutional ConvNet's three stages
+    convnet_filters: tuple       # channels of the ConvNet's four hidden 3x3 convs (f1, f2, f3, f4)
     resnet: str                  # the residual network used where a ResNet is trained
     width: float                 # width multiplier applied to every ResNet-family model
     # -- classical training ------------------------------------------------------------------
@@ -87,7 +87,7 @@ class Config:
 _PROFILES: dict[str, dict] = {
     "quick": dict(
         dataset="mnist-5k", image_size=28, in_channels=1, num_classes=10, augment="crop",
-        model="convnet", convnet_filters=(32, 64, 128), resnet="resnet18", width=0.25,
+        model="convnet", convnet_filters=(16, 32, 64, 128), resnet="resnet18", width=0.25,
         epochs=6, batch_size=128, lr=0.05, weight_decay=5e-4, ema_decay=0.99,
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, n_attack=200,
@@ -96,7 +96,7 @@ _PROFILES: dict[str, dict] = {
     ),
     "full": dict(
         dataset="cifar10", image_size=32, in_channels=3, num_classes=10, augment="crop+flip",
-        model="preact_resnet18", convnet_filters=(64, 128, 256), resnet="resnet18", width=1.0,
+        model="preact_resnet18", convnet_filters=(64, 128, 256, 512), resnet="resnet18", width=1.0,
         epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, ema_decay=0.999,
         eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
         attack_steps=20, restarts=1, square_queries=5000, n_attack=1000,
