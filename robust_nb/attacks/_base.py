@@ -87,3 +87,53 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
         n = lp_norm(delta, "l2").clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         delta = delta * (eps / n).clamp(max=1.0)
     return (x + delta).clamp(0.0, 1.0)
+
+
+# -- shared by the gradient attacks (fgsm, pgd, apgd) -------------------------------------------
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A seeded generator on ``device`` (same seed, same device -> same numbers)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def loss_and_grad(model: nn.Module, x_adv: Tensor, loss: Callable[..., Tensor], *loss_args: Tensor,
+                  amp: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample loss (B,), logits (B, K) and the gradient of the summed loss w.r.t. ``x_adv``.
+
+    The gradient is taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter
+    ``.grad`` is written. Summing (not averaging) makes each sample's gradient independent of the
+    batch size. ``amp`` runs the forward pass under bf16 autocast on the input's device.
+    """
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad(), torch.autocast(device_type=x_adv.device.type, dtype=torch.bfloat16,
+                                             enabled=amp):
+        logits = model(x_adv)
+        per_sample = loss(logits.float(), *loss_args)
+    grad, = torch.autograd.grad(per_sample.sum(), x_adv)
+    return per_sample.detach(), logits.detach().float(), grad.detach()
+
+
+def _view(t: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1) for broadcasting against a batch like ``like``."""
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def normalize_direction(g: Tensor, norm: str) -> Tensor:
+    """Steepest-ascent direction of unit ``norm``: sign(g) for L-inf, g / ||g||_2 for L2."""
+    if norm == "linf":
+        return g.sign()
+    return g / _view(lp_norm(g, "l2"), g).clamp_min(1e-12)
+
+
+def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
+    """A uniformly random point of the L-inf ball, or a random point of the L2 ball (random
+    direction, radius uniform in [0, eps]), clipped to [0, 1]."""
+    if norm == "linf":
+        delta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    else:
+        d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        r = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) * eps
+        delta = normalize_direction(d, "l2") * _view(r, x)
+    return (x + delta).clamp(0.0, 1.0)

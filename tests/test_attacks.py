@@ -1,0 +1,229 @@
+"""Attacks: the contract (for every attack), reproducibility, and cross-checks against torchattacks.
+
+The trained model is a small convnet (with BatchNorm, so a forgotten train/eval switch would change
+its running statistics) trained for one epoch on the embedded MNIST subset: a few seconds.
+"""
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robust_nb as rnb
+from robust_nb.attacks import apgd, autoattack, fab, fgsm, pgd, run_autoattack, square
+from robust_nb.attacks._base import lp_norm
+from robust_nb.attacks._losses import dlr_loss, dlr_targeted_loss, margin
+from robust_nb.evaluation import accuracy
+
+EPS = 0.1                     # L-inf, pixel units
+EPS_L2 = 1.5
+
+
+def small_convnet(mean: float = 0.1307, std: float = 0.3081) -> nn.Module:
+    class Normalize(nn.Module):
+        def forward(self, x):
+            return (x - mean) / std
+
+    return nn.Sequential(Normalize(), nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+@functools.lru_cache(maxsize=1)
+def trained_convnet(epochs: int = 1):
+    """(model in eval mode, 256 test images, their labels); shared by test_evaluation.py."""
+    data = rnb.data.load_dataset("mnist-5k")
+    torch.manual_seed(0)
+    model = small_convnet()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    x, y = data.train
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    xt, yt = data.test                 # sorted by class: take a fixed random subset of 256
+    idx = torch.randperm(len(yt), generator=torch.Generator().manual_seed(1))[:256]
+    return model, xt[idx], yt[idx]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return trained_convnet()
+
+
+@pytest.fixture(scope="module")
+def batch(trained):
+    model, x, y = trained
+    return x[:64], y[:64]
+
+
+# Every attack of the package, at settings small enough for a unit test: name -> (norm, call).
+ATTACKS = {
+    "fgsm": ("linf", lambda m, x, y, s: fgsm(m, x, y, EPS, seed=s)),
+    "fgsm-rs": ("linf", lambda m, x, y, s: fgsm(m, x, y, EPS, random_start=True, alpha=1.25 * EPS, seed=s)),
+    "pgd": ("linf", lambda m, x, y, s: pgd(m, x, y, EPS, 0.025, 5, seed=s)),
+    "pgd-l2-restarts": ("l2", lambda m, x, y, s: pgd(m, x, y, EPS_L2, 0.4, 5, norm="l2", restarts=2, seed=s,
+                                                     batch_size=40)),
+    "pgd-dlr-targeted": ("linf", lambda m, x, y, s: pgd(m, x, y, EPS, 0.025, 5, loss="dlr", targeted=True,
+                                                        target=(y + 1) % 10, seed=s)),
+    "apgd-ce": ("linf", lambda m, x, y, s: apgd(m, x, y, EPS, steps=10, seed=s)),
+    "apgd-dlr-l2": ("l2", lambda m, x, y, s: apgd(m, x, y, EPS_L2, norm="l2", steps=10, loss="dlr", restarts=2,
+                                                  seed=s)),
+    "apgd-t": ("linf", lambda m, x, y, s: apgd(m, x, y, EPS, steps=10, loss="dlr", targeted=True,
+                                               n_target_classes=3, seed=s, batch_size=40)),
+    "fab-t": ("linf", lambda m, x, y, s: fab(m, x, y, EPS, steps=10, n_target_classes=2, seed=s)),
+    "fab-l2": ("l2", lambda m, x, y, s: fab(m, x, y, EPS_L2, norm="l2", targeted=False, steps=10, seed=s)),
+    "square": ("linf", lambda m, x, y, s: square(m, x, y, EPS, queries=300, seed=s)),
+    "square-l2": ("l2", lambda m, x, y, s: square(m, x, y, EPS_L2, norm="l2", queries=300, seed=s)),
+    "autoattack": ("linf", lambda m, x, y, s: autoattack(m, x, y, EPS, seed=s, steps=5, square_queries=30)),
+    "autoattack-custom-l2": ("l2", lambda m, x, y, s: autoattack(m, x, y, EPS_L2, norm="l2", seed=s,
+                                                                 attacks=["apgd-dlr", "square"], steps=5,
+                                                                 square_queries=30)),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_contract(name, trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:48], batch[1][:48]
+    norm, attack = ATTACKS[name]
+    x_before = x.clone()
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    marker = torch.full_like(model[-1].bias, 7.0)
+    model[-1].bias.grad = marker.clone()      # a pre-existing gradient must survive untouched
+    model.train()
+    try:
+        x_adv = attack(model, x, y, 0)
+        assert model.training, "train mode not restored"
+        assert all(p.requires_grad for p in model.parameters())
+        assert torch.equal(model[-1].bias.grad, marker)
+        assert all(p.grad is None for n, p in model.named_parameters() if n != "9.bias")
+        for k, v in model.state_dict().items():        # BN running stats unchanged: attacked in eval mode
+            assert torch.equal(v, buffers[k]), k
+    finally:
+        model.eval()
+        model[-1].bias.grad = None
+    assert torch.equal(x, x_before), "input modified"
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv is not x
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    eps = EPS if norm == "linf" else EPS_L2
+    assert lp_norm(x_adv - x, norm).max() <= eps * (1 + 1e-5) + 1e-6
+    # Every attack must do *something*: accuracy on its output is below the clean accuracy.
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y)
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS if n not in ("fgsm", "autoattack")])
+def test_attack_seed_reproducible(name, trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:8], batch[1][:8]
+    _, attack = ATTACKS[name]
+    assert torch.equal(attack(model, x, y, 3), attack(model, x, y, 3))
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_rejects_bad_inputs(name, trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:4], batch[1][:4]
+    _, attack = ATTACKS[name]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        attack(model, x * 2 + 0.5, y, 0)
+    with pytest.raises(ValueError, match="shape"):
+        attack(model, x[:, 0], y, 0)
+    with pytest.raises(ValueError, match="one label per image"):
+        attack(model, x, y[:3], 0)
+
+
+def test_bad_arguments_raise(trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:4], batch[1][:4]
+    with pytest.raises(ValueError, match="norm"):
+        pgd(model, x, y, EPS, 0.01, 2, norm="l1")
+    with pytest.raises(ValueError, match="loss"):
+        apgd(model, x, y, EPS, loss="hinge")
+    with pytest.raises(ValueError, match="target"):
+        pgd(model, x, y, EPS, 0.01, 2, targeted=True)
+    with pytest.raises(ValueError, match="eps"):
+        fgsm(model, x, y, -1.0)
+    with pytest.raises(ValueError, match="n_target_classes"):
+        apgd(model, x, y, EPS, loss="dlr", targeted=True, n_target_classes=10)
+    with pytest.raises(ValueError, match="version"):
+        autoattack(model, x, y, EPS, version="fast")
+    with pytest.raises(ValueError, match="unknown attacks"):
+        autoattack(model, x, y, EPS, attacks=["apgd-ce", "cw"])
+
+
+# -- the losses against hand-computed values ------------------------------------------------------
+
+def test_margin_and_dlr_hand_computed():
+    z = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 5.0, 1.0]])
+    y = torch.tensor([0, 1])
+    assert torch.allclose(margin(z, y), torch.tensor([2.0, -3.0]))
+    # DLR = -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)
+    assert torch.allclose(dlr_loss(z, y), torch.tensor([-2.0 / 3.0, 3.0 / 4.0]))
+    # targeted DLR = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
+    t = torch.tensor([2, 3])
+    assert torch.allclose(dlr_targeted_loss(z, y, t), torch.tensor([-3.0 / 3.5, -1.0 / 4.5]))
+
+
+# -- cross-checks against torchattacks on the same trained model ------------------------------------
+
+torchattacks = pytest.importorskip("torchattacks")
+
+
+def test_fgsm_matches_torchattacks_pixel_for_pixel(trained):
+    model, x, y = trained
+    x, y = x[:128], y[:128]            # a power-of-two batch: their mean vs our sum is an exact rescaling
+    ours = fgsm(model, x, y, EPS)
+    theirs = torchattacks.FGSM(model, eps=EPS)(x, y)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("eps,alpha,steps", [(EPS, 0.025, 10), (0.03, 0.01, 7)])
+def test_pgd_matches_torchattacks_pixel_for_pixel(trained, eps, alpha, steps):
+    model, x, y = trained
+    x, y = x[:128], y[:128]
+    ours = pgd(model, x, y, eps, alpha, steps, random_start=False)
+    theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
+    assert torch.equal(ours, theirs)
+
+
+def test_apgd_at_least_as_strong_as_torchattacks(trained):
+    model, x, y = trained
+    x, y = x[:128], y[:128]
+    eps = 0.06                          # a radius where the model is partly robust
+    ours = accuracy(model, apgd(model, x, y, eps, steps=25), y)
+    theirs = accuracy(model, torchattacks.APGD(model, eps=eps, steps=25, seed=0)(x, y), y)
+    ours_t = accuracy(model, apgd(model, x, y, eps, steps=25, loss="dlr", targeted=True, n_target_classes=3), y)
+    theirs_t = accuracy(model, torchattacks.APGDT(model, eps=eps, steps=25, n_restarts=1, n_classes=4,
+                                                  seed=0)(x, y), y)
+    assert 0.05 < theirs < accuracy(model, x, y)          # the comparison is not trivially 0 == 0
+    assert ours <= theirs + 3 / 128
+    assert ours_t <= theirs_t + 3 / 128
+
+
+def test_autoattack_at_least_as_strong_as_torchattacks(trained):
+    # The standard line-up at reduced budgets (25 steps, 3 targets, 300 queries) so that it fits a
+    # unit test; torchattacks' MultiAttack runs the same four attacks on the still-robust points.
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    eps = 0.08
+    result = run_autoattack(model, x, y, eps, steps=25, square_queries=300, n_target_classes=3)
+    theirs_attack = torchattacks.MultiAttack([
+        torchattacks.APGD(model, eps=eps, steps=25, seed=0),
+        torchattacks.APGDT(model, eps=eps, steps=25, n_classes=4, seed=0),
+        torchattacks.FAB(model, eps=eps, steps=25, multi_targeted=True, n_classes=4, seed=0),
+        torchattacks.Square(model, eps=eps, n_queries=300, seed=0)])
+    theirs = accuracy(model, theirs_attack(x, y), y)
+    assert list(result.robust_accuracy) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    accs = list(result.robust_accuracy.values())
+    assert accs == sorted(accs, reverse=True)           # each stage only removes points
+    assert accuracy(model, result.x_adv, y) == pytest.approx(result.final_accuracy)
+    assert result.final_accuracy <= theirs + 2 / 64
+    assert result.final_accuracy < result.clean_accuracy
