@@ -87,7 +87,7 @@ class Config:
 _PROFILES: dict[str, dict] = {
     "quick": dict(
         dataset="mnist-5k", image_size=28, in_channels=1, num_classes=10, augment="crop",
-        model="convnet", convnet_filters=(16, 32, 64, 128), resnet="resnet18", width=0.25,
+        model="convnet", convnet_filters=(8, 16, 32, 64), resnet="resnet18", width=0.25,
         epochs=6, batch_size=128, lr=0.05, weight_decay=5e-4, ema_decay=0.99,
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, n_attack=200,

@@ -31,15 +31,16 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean_t.numel() == 0 or mean_t.shape != std_t.shape:
+        # Validate as Python floats (works under a meta/cuda default device too).
+        mean = [float(v) for v in torch.as_tensor(mean, device="cpu").flatten().tolist()]
+        std = [float(v) for v in torch.as_tensor(std, device="cpu").flatten().tolist()]
+        if not mean or len(mean) != len(std):
             raise ValueError(f"mean and std need one value per channel and the same length, "
-                             f"got {mean_t.numel()} and {std_t.numel()}")
-        if not bool((std_t > 0).all()):
-            raise ValueError(f"std must be positive, got {std_t.tolist()}")
-        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))  # (1, C, 1, 1)
-        self.register_buffer("std", std_t.view(1, -1, 1, 1))    # (1, C, 1, 1)
+                             f"got {len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))  # (1, C, 1, 1)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))    # (1, C, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:

@@ -199,7 +199,7 @@ class ResNet(nn.Module):
         # Regularization after the last two stages (Ghiasi et al. 2018: groups 3 and 4).
         n_reg = min(2, len(stages))
         self.regs = nn.ModuleList(
-            [nn.Identity()] * (len(stages) - n_reg)
+            [nn.Identity() for _ in range(len(stages) - n_reg)]
             + [regularizer(regularization, drop_prob, block_size) for _ in range(n_reg)])
         self.final = (nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True)) if final_bn
                       else nn.Identity())

@@ -1,0 +1,186 @@
+"""Architectures: parameter counts against the papers / reference code, torchvision number-for-number,
+forward and backward of every model x regularization, Normalize, FLOPs and bad input."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import robust_nb as rnb
+from robust_nb.models import (DropBlock2d, Normalize, SqueezeExcitation, available_models,
+                              build_model, count_flops, count_parameters, feature_shapes,
+                              for_config)
+
+# Standard CIFAR definitions, 3 input channels, 10 classes. ResNet-18/34/50 as in
+# kuangliu/pytorch-cifar; PreAct-ResNet-18 with the final BN (locuslab/fast_adversarial);
+# WRN-28-10 / WRN-34-10 as in the TRADES code and the WRN paper (36.5M / 46.2M).
+KNOWN_COUNTS = {
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "preact_resnet18": 11_172_170,
+    "wrn_16_4": 2_748_890,
+    "wrn_28_10": 36_479_194,
+    "wrn_34_10": 46_160_474,
+}
+
+
+def _count_on_meta(name, **kw):
+    # Building on the meta device allocates nothing, so even WRN-34-10 costs milliseconds.
+    with torch.device("meta"):
+        return count_parameters(build_model(name, **kw))
+
+
+@pytest.mark.parametrize("name,expected", sorted(KNOWN_COUNTS.items()))
+def test_parameter_counts_match_the_standard_definitions(name, expected):
+    assert _count_on_meta(name, num_classes=10, in_channels=3) == expected
+
+
+def test_se_resnet18_adds_exactly_the_excitation_weights():
+    # Hu et al.: per block FC(C, C/16) and FC(C/16, C) with biases; two blocks per stage.
+    extra = sum(2 * (c * (c // 16) + c // 16 + (c // 16) * c + c) for c in (64, 128, 256, 512))
+    assert extra == 89_080
+    assert _count_on_meta("se_resnet18") == KNOWN_COUNTS["resnet18"] + extra
+
+
+def test_imagenet_stem_resnets_match_torchvision_number_for_number():
+    for name, tv in (("resnet18", torchvision.models.resnet18),
+                     ("resnet50", torchvision.models.resnet50)):
+        torch.manual_seed(0)
+        ref = tv(num_classes=7).eval()
+        ours = build_model(name, num_classes=7, in_channels=3, stem="imagenet",
+                           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).eval()
+        ours_sd = {k: v for k, v in ours.state_dict().items() if not k.startswith("normalize.")}
+        ref_sd = ref.state_dict()
+        assert len(ours_sd) == len(ref_sd)
+        # Same modules in the same order: map torchvision's tensors onto ours one by one.
+        mapped = {}
+        for (k_ours, v_ours), (k_ref, v_ref) in zip(ours_sd.items(), ref_sd.items()):
+            assert v_ours.shape == v_ref.shape, (k_ours, k_ref)
+            mapped[k_ours] = v_ref
+        ours.load_state_dict(mapped, strict=False)
+        x = torch.rand(2, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_model_and_regularization_runs_forward_and_backward(name):
+    small = dict(filters=(4, 8, 8, 8)) if name == "convnet" else dict(width=1 / 16)
+    for regularization in (None, "dropout", "dropblock"):
+        for channels, size in ((1, 28), (3, 32)):
+            torch.manual_seed(0)
+            model = build_model(name, num_classes=10, in_channels=channels,
+                                regularization=regularization, **small)
+            x = torch.rand(2, channels, size, size)
+            out = model(x)
+            assert out.shape == (2, 10) and torch.isfinite(out).all()
+            out.logsumexp(1).sum().backward()
+            grads = [p.grad for p in model.parameters()]
+            assert all(g is not None and torch.isfinite(g).all() for g in grads)
+            n_reg = sum(isinstance(m, (nn.Dropout, DropBlock2d)) for m in model.modules())
+            assert n_reg == (0 if regularization is None else 2)
+
+
+def test_regularization_is_identity_in_eval_mode():
+    torch.manual_seed(0)
+    plain = build_model("resnet18", 10, 1, width=0.125).eval()
+    x = torch.rand(4, 1, 28, 28)
+    for regularization in ("dropout", "dropblock"):
+        reg = build_model("resnet18", 10, 1, regularization, width=0.125, drop_prob=0.5)
+        reg.load_state_dict(plain.state_dict())   # Dropout / DropBlock hold no state
+        torch.testing.assert_close(reg.eval()(x), plain(x))
+        reg.train()
+        assert not torch.allclose(reg(x), reg(x))  # training mode draws fresh masks
+
+
+def test_normalize_is_per_channel_and_holds_buffers_not_parameters():
+    norm = Normalize((0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
+    x = torch.rand(2, 3, 4, 4)
+    expected = (x - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.5, 0.25, 2.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(norm(x), expected)
+    assert list(norm.parameters()) == [] and set(norm.state_dict()) == {"mean", "std"}
+    with pytest.raises(ValueError, match="shape"):
+        norm(torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="positive"):
+        Normalize((0.0,), (0.0,))
+    with pytest.raises(ValueError, match="same length"):
+        Normalize((0.0, 0.0), (1.0,))
+
+
+def test_every_model_starts_with_normalize_holding_the_dataset_statistics():
+    for name in ("convnet", "resnet18", "preact_resnet18", "wrn_16_4", "se_resnet18"):
+        model = build_model(name, 10, 1, mean=(0.13,), std=(0.31,),
+                            **({"filters": (4, 8, 8, 8)} if name == "convnet" else {"width": 0.25}))
+        first = next(model.children())
+        assert isinstance(first, Normalize)
+        assert first.mean.item() == pytest.approx(0.13) and first.std.item() == pytest.approx(0.31)
+
+
+def test_bad_names_and_arguments_raise_clear_value_errors():
+    with pytest.raises(ValueError, match="unknown model 'resnet19'.*convnet"):
+        build_model("resnet19")
+    with pytest.raises(ValueError, match="unknown regularization 'dropconnect'"):
+        build_model("resnet18", regularization="dropconnect")
+    with pytest.raises(ValueError, match="6n\\+4"):
+        build_model("wrn_27_10")
+    with pytest.raises(ValueError, match="4 positive filter counts"):
+        build_model("convnet", filters=(16, 32, 64))
+    with pytest.raises(ValueError, match="filters applies to the convnet only"):
+        build_model("resnet18", filters=(16, 32, 64, 128))
+    with pytest.raises(ValueError, match="unknown stem"):
+        build_model("resnet18", stem="tiny")
+    with pytest.raises(ValueError, match="drop_prob"):
+        build_model("resnet18", regularization="dropout", drop_prob=1.5)
+    with pytest.raises(ValueError, match="width"):
+        build_model("resnet18", width=0.0)
+
+
+def test_width_scales_every_stage_and_plain_networks_drop_all_shortcuts():
+    shapes = feature_shapes(build_model("resnet18", 10, 3, width=0.25), (3, 32, 32))
+    assert [shapes[f"stages.{i}"] for i in range(4)] == [(16, 32, 32), (32, 16, 16),
+                                                         (64, 8, 8), (128, 4, 4)]
+    plain = build_model("resnet18", 10, 3, width=0.25, residual=False)
+    assert all(not block.residual for stage in plain.stages for block in stage)
+    # A plain net has no projection shortcuts: 3 stages x (1x1 conv + BN) fewer parameters.
+    residual = build_model("resnet18", 10, 3, width=0.25)
+    projections = sum((cin * cout + 2 * cout) for cin, cout in ((16, 32), (32, 64), (64, 128)))
+    assert count_parameters(residual) - count_parameters(plain) == projections
+    imagenet = feature_shapes(build_model("resnet18", 10, 3, width=0.25, stem="imagenet"),
+                              (3, 224, 224))
+    assert imagenet["stem"] == (16, 56, 56) and imagenet["stages.3"] == (128, 7, 7)
+
+
+def test_flop_count_matches_a_hand_count_of_the_convnet():
+    f1, f2, f3, f4 = 4, 8, 16, 32
+    model = build_model("convnet", 10, 1, filters=(f1, f2, f3, f4))
+    macs = (28 * 28 * 9 * (1 * f1 + f1 * f2) + 14 * 14 * 9 * f2 * f3 + 7 * 7 * 9 * f3 * f4
+            + 3 * 3 * 9 * f4 * 10)
+    assert count_flops(model, (1, 28, 28)) == 2 * macs
+    assert model.training  # mode restored
+
+
+def test_squeeze_excitation_rescales_channels_by_a_sigmoid_gate():
+    torch.manual_seed(0)
+    se = SqueezeExcitation(32, reduction=16)
+    x = torch.randn(3, 32, 5, 5)
+    s = torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean((2, 3))))))
+    torch.testing.assert_close(se(x), x * s[:, :, None, None])
+    assert se.fc1.out_features == 2
+
+
+def test_for_config_uses_the_profile_sizes_and_the_dataset_statistics():
+    cfg = rnb.setup("quick", verbose=False)
+    data = SimpleNamespace(num_classes=7, in_channels=1, mean=(0.2,), std=(0.4,))
+    model = for_config(cfg, data)
+    assert type(model).__name__ == "ConvNet"
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [*cfg.convnet_filters, 7]
+    assert model.normalize.mean.item() == pytest.approx(0.2)
+    resnet = for_config(cfg, data, name=cfg.resnet, regularization="dropblock", drop_prob=0.2)
+    assert resnet.fc.out_features == 7
+    assert resnet.stages[0][0].conv1.out_channels == round(64 * cfg.width)
+    assert [m.drop_prob for m in resnet.modules() if isinstance(m, DropBlock2d)] == [0.2, 0.2]
