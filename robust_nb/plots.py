@@ -28,3 +28,53 @@ def image_grid(images: Tensor, titles=None, ncols: int = 10, scale: float = 1.2,
                 ax.set_title(str(titles[i]), fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def reliability_diagrams(diagrams, scale: float = 3.2):
+    """Reliability diagrams side by side (Guo et al. 2017, Fig. 1), one column per model.
+
+    ``diagrams``: a ``rnb.calibration.ReliabilityData`` or a dict ``{title: ReliabilityData}``.
+    Top row: accuracy per confidence bin (blue bars), the gap to the bin's mean confidence (red,
+    hatched) and the diagonal of perfect calibration, with the ECE in the corner; a diamond at 1.0
+    marks the confidences that are exactly 1 (their own bin in the ECE). Bottom row: histogram
+    of the top-label confidence, with the accuracy and the mean confidence as vertical lines.
+    """
+    if not isinstance(diagrams, dict):
+        diagrams = {"": diagrams}
+    fig, axes = plt.subplots(2, len(diagrams), figsize=(scale * len(diagrams), scale * 1.6),
+                             squeeze=False, sharex=True, gridspec_kw=dict(height_ratios=[2.2, 1]))
+    for col, (title, d) in enumerate(diagrams.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        k = d.n_bins
+        left = d.edges[:-1].double().numpy()
+        width = np.diff(d.edges.double().numpy())
+        acc = d.accuracy[:k].nan_to_num(0.0).numpy()
+        conf = d.confidence[:k].numpy()
+        filled = d.counts[:k].numpy() > 0
+        top.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="black",
+                linewidth=0.6, label="accuracy")
+        top.bar(left[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled],
+                align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", hatch="//",
+                linewidth=0.6, label="gap to confidence")
+        if d.counts[k] > 0:
+            top.plot([1.0], [d.accuracy[k].item()], "D", color="tab:purple", markersize=6,
+                     label=f"conf = 1 ({int(d.counts[k])})", clip_on=False)
+        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        top.text(0.04, 0.93, f"ECE = {d.ece:.3f}", transform=top.transAxes, va="top",
+                 bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_title(title)
+        conf_all = d.confidences.double().numpy()
+        bottom.hist(conf_all, bins=d.edges.double().numpy(), color="gray", edgecolor="black",
+                    linewidth=0.6, weights=np.full(len(conf_all), 1.0 / len(conf_all)))
+        bottom.axvline(d.overall_accuracy, color="tab:blue", linestyle="--", label="accuracy")
+        bottom.axvline(d.mean_confidence, color="tab:red", linestyle=":", label="mean confidence")
+        bottom.set_xlabel("confidence (top label)")
+        if col == 0:
+            top.set_ylabel("accuracy")
+            bottom.set_ylabel("fraction of samples")
+            top.legend(loc="lower right", fontsize=7)
+            bottom.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return fig
