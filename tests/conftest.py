@@ -3,7 +3,6 @@
 import os
 
 os.environ.setdefault("ROBUST_NB_PROFILE", "quick")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
