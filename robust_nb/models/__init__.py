@@ -17,12 +17,13 @@ from torch import nn
 
 from .convnet import ConvNet
 from .layers import (REGULARIZATIONS, DropBlock2d, DropBlockSchedule, Normalize, SqueezeExcitation,
-                     check_regularization, drop_block2d, dropblock_gamma)
+                     blocks_from_seeds, check_regularization, drop_block2d, dropblock_gamma,
+                     dropblock_mask)
 from .resnet import ResNet, preact_resnet, resnet, se_resnet, wide_resnet
 from .summary import count_flops, count_parameters, feature_shapes
 
 __all__ = ["build_model", "available_models", "for_config", "Normalize", "DropBlock2d",
-           "DropBlockSchedule", "drop_block2d", "dropblock_gamma", "SqueezeExcitation", "ConvNet",
+           "DropBlockSchedule", "drop_block2d", "dropblock_gamma", "dropblock_mask", "blocks_from_seeds", "SqueezeExcitation", "ConvNet",
            "ResNet", "REGULARIZATIONS", "count_parameters", "count_flops", "feature_shapes"]
 
 _FIXED = ("convnet", "resnet18", "resnet34", "resnet50", "resnet101", "preact_resnet18",

@@ -95,17 +95,40 @@ def drop_block2d(x: Tensor, drop_prob: float, block_size: int, *, training: bool
         raise ValueError(f"DropBlock expects feature maps of shape (B, C, H, W), got {tuple(x.shape)}")
     if not training or drop_prob == 0.0:
         return x
-    b, c, h, w = x.shape
-    k = min(block_size, h, w)
-    gamma = dropblock_gamma(drop_prob, k, h, w)
-    # Seeds where a whole block fits: (B, C, H-k+1, W-k+1); 1 = this position anchors a block.
-    seeds = torch.rand((b, c, h - k + 1, w - k + 1), generator=generator, device=x.device) < gamma
-    # Grow each seed into a k x k block: position (i, j) is dropped iff some seed (a, b) has
-    # a <= i <= a+k-1 and b <= j <= b+k-1. Zero-padding by k-1 then a stride-1 k x k max-pool.
-    blocks = F.max_pool2d(F.pad(seeds.to(x.dtype), (k - 1,) * 4), kernel_size=k, stride=1)
-    mask = 1.0 - blocks                                                   # (B, C, H, W)
+    mask = dropblock_mask(x, drop_prob, block_size, generator=generator)   # (B, C, H, W)
     scale = mask.numel() / mask.sum().clamp_min(1.0)                      # count(M) / count_ones(M)
     return x * mask * scale
+
+
+def blocks_from_seeds(seeds: Tensor, block_size: int) -> Tensor:
+    """Grow a (B, C, H-k+1, W-k+1) map of block anchors into a (B, C, H, W) map of dropped units.
+
+    Position (i, j) is dropped iff some seed (a, b) has a <= i <= a+k-1 and b <= j <= b+k-1:
+    zero-pad the seeds by k-1 on every side, then a stride-1 k x k max-pool. Overlapping blocks
+    simply merge.
+    """
+    k = int(block_size)
+    return F.max_pool2d(F.pad(seeds, (k - 1,) * 4), kernel_size=k, stride=1)
+
+
+def dropblock_mask(x: Tensor, drop_prob: float, block_size: int, *,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """The keep-mask M of DropBlock for feature maps shaped like ``x``: 1 = kept, 0 = dropped.
+
+    Steps 2-3 of :func:`drop_block2d` (no rescaling), for drawing masks and for tests.
+    """
+    if not 0.0 <= drop_prob <= 1.0:
+        raise ValueError(f"drop_prob must lie in [0, 1], got {drop_prob}")
+    if x.dim() != 4:
+        raise ValueError(f"DropBlock expects feature maps of shape (B, C, H, W), got {tuple(x.shape)}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size}")
+    b, c, h, w = x.shape
+    k = min(int(block_size), h, w)
+    gamma = dropblock_gamma(drop_prob, k, h, w)
+    # Seeds where a whole block fits: (B, C, H-k+1, W-k+1); True = this position anchors a block.
+    seeds = torch.rand((b, c, h - k + 1, w - k + 1), generator=generator, device=x.device) < gamma
+    return 1.0 - blocks_from_seeds(seeds.to(x.dtype), k)
 
 
 class DropBlock2d(nn.Module):
