@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 
@@ -28,3 +30,210 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> f
     check_images(x, y)
     correct = (predict_logits(model, x, batch_size).argmax(1) == y).sum()
     return correct.item() / len(y)
+
+
+# -- robust accuracy and eps sweeps --------------------------------------------------------------
+
+def _attack_fn(attack):
+    """An attack function from its name ("fgsm", "pgd", "apgd", "fab", "square", "autoattack") or
+    a callable ``attack(model, x, y, **kw) -> x_adv``."""
+    if callable(attack):
+        return attack
+    from . import attacks as _attacks
+
+    names = ("fgsm", "pgd", "apgd", "fab", "square", "autoattack")
+    if attack not in names:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {names} or pass a callable")
+    return getattr(_attacks, attack)
+
+
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack="pgd", **attack_kwargs) -> float:
+    """Accuracy of ``model`` on ``attack(model, x, y, **attack_kwargs)``.
+
+    >>> robust_accuracy(model, x, y, "pgd", eps=0.1, alpha=0.025, steps=10)
+    """
+    check_images(x, y)
+    x_adv = _attack_fn(attack)(model, x, y, **attack_kwargs)
+    return accuracy(model, x_adv, y)
+
+
+def default_attack_kwargs(attack: str, eps: float, norm: str = "linf", steps: int = 10) -> dict:
+    """Sensible keyword arguments for ``attack`` at radius ``eps``: PGD gets Madry et al.'s step
+    ``alpha = 2.5 eps / steps``; FGSM and the parameter-free attacks need only eps (and norm)."""
+    if attack == "fgsm":
+        return dict(eps=eps)
+    if attack == "pgd":
+        return dict(eps=eps, alpha=2.5 * eps / steps, steps=steps, norm=norm)
+    if attack == "apgd":
+        return dict(eps=eps, norm=norm, steps=steps)
+    return dict(eps=eps, norm=norm)
+
+
+@dataclass
+class EpsSweep:
+    """Robust accuracy as a function of eps for one or more attacks (``eps[0]`` may be 0)."""
+
+    eps: list
+    accuracy: dict          # attack label -> list of accuracies, one per eps
+    norm: str = "linf"
+
+    def table(self) -> str:
+        names = list(self.accuracy)
+        lines = ["eps      " + "".join(f"{n:>10}" for n in names)]
+        for i, e in enumerate(self.eps):
+            lines.append(f"{e:<8.4g} " + "".join(f"{self.accuracy[n][i]:>10.1%}" for n in names))
+        return "\n".join(lines)
+
+    def plot(self, ax=None):
+        """Accuracy against eps, one line per attack; returns the Figure."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.5))
+        for name, acc in self.accuracy.items():
+            ax.plot(self.eps, acc, marker="o", label=name)
+        ax.set_xlabel(f"eps ({'L-inf' if self.norm == 'linf' else 'L2'}, pixel units)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.figure.tight_layout()
+        return ax.figure
+
+
+def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, eps_values, attacks=("pgd",), norm: str = "linf",
+              steps: int = 10, progress: bool = True, **attack_kwargs) -> EpsSweep:
+    """Robust accuracy for every eps in ``eps_values`` and every attack name in ``attacks``.
+
+    Attack arguments come from :func:`default_attack_kwargs` (updated by ``attack_kwargs``);
+    eps = 0 is the clean accuracy.
+    """
+    from tqdm.auto import tqdm
+
+    eps_values = [float(e) for e in eps_values]
+    if not eps_values or any(e < 0 for e in eps_values):
+        raise ValueError(f"eps_values must be a non-empty list of non-negative numbers, got {eps_values}")
+    acc = {a: [] for a in attacks}
+    jobs = [(a, e) for a in attacks for e in eps_values]
+    for a, e in tqdm(jobs, desc="eps sweep", disable=not progress):
+        if e == 0:
+            acc[a].append(accuracy(model, x, y))
+            continue
+        kw = default_attack_kwargs(a, e, norm, steps) | attack_kwargs
+        if a == "fgsm":
+            kw.pop("norm", None)
+        acc[a].append(robust_accuracy(model, x, y, a, **kw))
+    return EpsSweep(eps=eps_values, accuracy=acc, norm=norm)
+
+
+# -- gradient masking ----------------------------------------------------------------------------
+
+class InputQuantization(nn.Module):
+    """A "defense" that only hides gradients: round each pixel to ``levels`` grey levels first.
+
+    Rounding has zero gradient almost everywhere, so every gradient attack sees ``grad = 0`` and
+    stalls, while the decision function barely changes -- the textbook case of obfuscated
+    gradients (Athalye, Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420; input
+    quantization as a defense: Xu, Evans & Qi 2018, "Feature squeezing",
+    https://arxiv.org/abs/1704.01155). A score-based attack (Square) ignores gradients and is not
+    fooled. Used by notebook 04 to demonstrate :func:`gradient_masking_check`.
+    """
+
+    def __init__(self, model: nn.Module, levels: int = 8):
+        super().__init__()
+        if levels < 2:
+            raise ValueError(f"levels must be at least 2, got {levels}")
+        self.model = model
+        self.levels = levels
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = torch.round(x * (self.levels - 1)) / (self.levels - 1)   # (B, C, H, W), zero gradient
+        return self.model(q)
+
+
+@dataclass
+class MaskingReport:
+    """Numbers behind :func:`gradient_masking_check` and the warning signs they show."""
+
+    clean: float
+    pgd: float                   # robust accuracy under PGD (steps, one run)
+    pgd_strong: float            # PGD with more steps and restarts
+    square: float                # robust accuracy under the gradient-free Square attack
+    large_eps: float             # PGD accuracy at a very large eps (should be near chance)
+    zero_grad_fraction: float    # fraction of inputs whose loss gradient is (numerically) zero
+    max_logit_change: float      # largest change of the logits between two identical evaluations
+    warnings: list = field(default_factory=list)
+
+    @property
+    def suspicious(self) -> bool:
+        return bool(self.warnings)
+
+    def __str__(self) -> str:
+        rows = [f"clean accuracy            {self.clean:7.1%}",
+                f"PGD                       {self.pgd:7.1%}",
+                f"PGD, more steps, restarts {self.pgd_strong:7.1%}",
+                f"Square (no gradients)     {self.square:7.1%}",
+                f"PGD at a very large eps   {self.large_eps:7.1%}",
+                f"inputs with zero gradient {self.zero_grad_fraction:7.1%}",
+                f"max logit change, rerun   {self.max_logit_change:9.2e}"]
+        rows += ["warnings:"] + [f"  - {w}" for w in self.warnings] if self.warnings else ["no warning signs"]
+        return "\n".join(rows)
+
+
+def gradient_masking_check(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
+                           steps: int = 10, square_queries: int = 1000, large_eps: float | None = None,
+                           strong_steps: int | None = None, strong_restarts: int = 5,
+                           tolerance: float = 0.05, seed: int = 0) -> MaskingReport:
+    """Look for the warning signs of gradient masking listed by Croce & Hein 2020
+    (https://arxiv.org/abs/2003.01690) and Athalye et al. 2018 (https://arxiv.org/abs/1802.00420):
+
+    1. the black-box Square attack beats white-box PGD;
+    2. input gradients are zero (or below 1e-12 in L1 norm) for many inputs;
+    3. accuracy does not fall towards chance at a very large eps (default 0.5 for L-inf -- enough
+       to turn every image grey -- and 10x eps for L2);
+    4. many more steps and restarts lower the accuracy a lot;
+    5. the model's outputs are not deterministic (randomised defenses need EOT).
+
+    The strong PGD uses ``strong_steps`` (default ``10 * steps``) steps of a quarter of the step
+    size and ``strong_restarts`` restarts. ``tolerance`` is the accuracy gap that counts as "a
+    lot". Returns a :class:`MaskingReport`.
+    """
+    from .attacks import pgd, square
+    from .attacks._base import attack_mode, loss_and_grad
+    from .attacks._losses import ce_loss
+
+    check_images(x, y)
+    device = model_device(model)
+    x, y = x.to(device), y.to(device)
+    alpha = 2.5 * eps / steps
+    large = large_eps if large_eps is not None else (0.5 if norm == "linf" else 10 * eps)
+    clean = accuracy(model, x, y)
+    acc_pgd = robust_accuracy(model, x, y, pgd, eps=eps, alpha=alpha, steps=steps, norm=norm, seed=seed)
+    n_strong = strong_steps or 10 * steps
+    acc_strong = robust_accuracy(model, x, y, pgd, eps=eps, alpha=2.5 * eps / n_strong, steps=n_strong,
+                                 norm=norm, restarts=strong_restarts, seed=seed)
+    acc_square = robust_accuracy(model, x, y, square, eps=eps, norm=norm, queries=square_queries, seed=seed)
+    acc_large = robust_accuracy(model, x, y, pgd, eps=large, alpha=2.5 * large / steps, steps=steps,
+                                norm=norm, seed=seed)
+    with attack_mode(model):
+        _, _, grad = loss_and_grad(model, x, ce_loss, y)
+        zero_grad = (grad.flatten(1).abs().sum(1) <= 1e-12).float().mean().item()
+        with torch.no_grad():
+            change = (model(x) - model(x)).abs().max().item()
+    n_classes = predict_logits(model, x[:1]).shape[1]
+
+    warnings = []
+    if acc_square < min(acc_pgd, acc_strong) - tolerance:
+        warnings.append(f"Square (no gradients) beats PGD: {acc_square:.1%} < {min(acc_pgd, acc_strong):.1%}")
+    if zero_grad > 0.1:
+        warnings.append(f"{zero_grad:.0%} of the inputs have a zero loss gradient")
+    if acc_large > 1.0 / n_classes + 0.1:
+        warnings.append(f"accuracy stays at {acc_large:.1%} at eps={large:g} (expected near chance)")
+    if acc_pgd - acc_strong > tolerance:
+        warnings.append(f"more steps and restarts help a lot: {acc_pgd:.1%} -> {acc_strong:.1%}")
+    if change > 1e-4:
+        warnings.append(f"outputs change between identical evaluations (by up to {change:.2g}): "
+                        f"a randomised model needs EOT")
+    return MaskingReport(clean=clean, pgd=acc_pgd, pgd_strong=acc_strong, square=acc_square,
+                         large_eps=acc_large, zero_grad_fraction=zero_grad, max_logit_change=change,
+                         warnings=warnings)

@@ -78,3 +78,35 @@ def reliability_diagrams(diagrams, scale: float = 3.2):
             bottom.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def perturbation_rows(x, rows: dict, labels=None, amplify: float | None = None, scale: float = 1.3):
+    """Clean images on the first row, then for each ``name -> (x_adv, preds)`` in ``rows`` the
+    adversarial images and their amplified perturbations (``amplify`` x delta + 0.5; default: scaled
+    so the largest |delta| of the row reaches the edge of [0, 1]). ``x`` is (N, C, H, W); titles show
+    predictions (red when wrong, if ``labels`` is given). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    n = len(x)
+    fig, axes = plt.subplots(1 + 2 * len(rows), n, figsize=(scale * n, scale * (1 + 2 * len(rows)) + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i in range(n):
+        axes[0, i].imshow(_to_numpy_image(x[i]), cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_ylabel("clean", fontsize=8)
+    for r, (name, (x_adv, preds)) in enumerate(rows.items()):
+        delta = (x_adv - x).detach().float().cpu()
+        k = amplify if amplify is not None else 0.5 / max(delta.abs().max().item(), 1e-12)
+        for i in range(n):
+            ax = axes[1 + 2 * r, i]
+            ax.imshow(_to_numpy_image(x_adv[i]), cmap="gray", vmin=0, vmax=1)
+            if preds is not None:
+                wrong = labels is not None and int(preds[i]) != int(labels[i])
+                ax.set_title(f"pred {int(preds[i])}", fontsize=8, color="red" if wrong else "black")
+            axes[2 + 2 * r, i].imshow(_to_numpy_image(delta[i] * k + 0.5), cmap="seismic", vmin=0, vmax=1)
+        axes[1 + 2 * r, 0].set_ylabel(name, fontsize=8)
+        axes[2 + 2 * r, 0].set_ylabel(f"delta x{k:.0f}", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,101 @@
+"""ipywidgets explorers used by the notebooks. The drawing logic is a plain function (testable
+without a browser); the widget only wires sliders and dropdowns to it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .data import check_images
+from .evaluation import predict_logits
+
+EXPLORER_ATTACKS = ("fgsm", "pgd", "apgd", "square")
+
+
+def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack: str = "pgd",
+                   norm: str = "linf", eps: float = 0.1, steps: int = 10, seed: int = 0) -> dict:
+    """Attack one image (C, H, W) and return a dict with ``x``, ``x_adv`` (1, C, H, W), the clean
+    and adversarial predictions and probabilities, and the figure (clean | adversarial | amplified
+    perturbation) that :func:`attack_explorer` shows."""
+    import matplotlib.pyplot as plt
+
+    from . import attacks
+    from .plots import _to_numpy_image
+
+    if attack not in EXPLORER_ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {EXPLORER_ATTACKS}")
+    if attack == "fgsm" and norm != "linf":
+        raise ValueError("FGSM is an L-inf attack; choose norm='linf'")
+    x = image.unsqueeze(0) if image.dim() == 3 else image
+    check_images(x)
+    device = next(iter(model.parameters())).device if any(True for _ in model.parameters()) else x.device
+    y = torch.as_tensor([int(label)], device=device)
+    x = x.to(device)
+    if attack == "fgsm":
+        x_adv = attacks.fgsm(model, x, y, eps, seed=seed)
+    elif attack == "pgd":
+        x_adv = attacks.pgd(model, x, y, eps, 2.5 * eps / steps, steps, norm=norm, seed=seed)
+    elif attack == "apgd":
+        x_adv = attacks.apgd(model, x, y, eps, norm=norm, steps=steps, seed=seed)
+    else:
+        x_adv = attacks.square(model, x, y, eps, norm=norm, queries=50 * steps, seed=seed)
+    probs = predict_logits(model, torch.cat([x, x_adv])).softmax(1).cpu()   # (2, K)
+    clean_pred, adv_pred = probs.argmax(1).tolist()
+    delta = (x_adv - x)[0].cpu()
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
+    axes[0].imshow(_to_numpy_image(x[0]), cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title(f"clean: {clean_pred} ({probs[0, clean_pred]:.0%})")
+    axes[1].imshow(_to_numpy_image(x_adv[0]), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title(f"{attack}: {adv_pred} ({probs[1, adv_pred]:.0%})",
+                      color="red" if adv_pred != int(label) else "black")
+    k = 0.5 / max(delta.abs().max().item(), 1e-12)
+    axes[2].imshow(_to_numpy_image(delta * k + 0.5), cmap="seismic", vmin=0, vmax=1)
+    norm_value = delta.abs().max().item() if norm == "linf" else delta.norm().item()
+    axes[2].set_title(f"perturbation x{k:.0f} ({norm} = {norm_value:.3f})", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return dict(x=x, x_adv=x_adv, clean_pred=clean_pred, adv_pred=adv_pred, probs=probs, figure=fig)
+
+
+def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: float = 0.3,
+                    eps_max_l2: float = 3.0, steps: int = 10, attacks=EXPLORER_ATTACKS):
+    """An interactive explorer: image index, attack, norm and eps sliders; shows the clean image,
+    the adversarial image, the amplified perturbation and both predictions. The eps slider runs to
+    ``eps_max`` for L-inf and ``eps_max_l2`` for L2. Returns the widget (display it as the last
+    line of a cell)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    check_images(images, labels)
+    index = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image")
+    attack = widgets.Dropdown(options=list(attacks), value=list(attacks)[1 if len(attacks) > 1 else 0],
+                              description="attack")
+    norm = widgets.Dropdown(options=["linf", "l2"], value="linf", description="norm")
+    eps = widgets.FloatSlider(value=eps_max / 3, min=0.0, max=eps_max, step=eps_max / 60,
+                              description="eps", readout_format=".3f")
+    out = widgets.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            if attack.value == "fgsm" and norm.value != "linf":
+                print("FGSM is defined for L-inf only")
+                return
+            res = attack_example(model, images[index.value], labels[index.value], attack.value,
+                                 norm.value, eps.value, steps)
+            display(res["figure"])
+            plt.close(res["figure"])
+
+    def rescale(change):
+        # An L2 ball needs a much larger radius than an L-inf ball for a visible effect.
+        top = eps_max if change["new"] == "linf" else eps_max_l2
+        with eps.hold_trait_notifications():
+            eps.max, eps.step, eps.value = top, top / 60, top / 3
+
+    norm.observe(rescale, names="value")
+    for w in (index, attack, norm, eps):
+        w.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([index, attack]), widgets.HBox([norm, eps]), out])

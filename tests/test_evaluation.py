@@ -1,0 +1,92 @@
+"""Robust accuracy, eps sweeps, the gradient-masking check and the attack explorer."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from test_attacks import trained_convnet  # noqa: E402  (the shared, cached small trained model)
+
+from robust_nb.attacks import fgsm, pgd  # noqa: E402
+from robust_nb.evaluation import (InputQuantization, accuracy, eps_sweep, gradient_masking_check,  # noqa: E402
+                                  robust_accuracy)
+from robust_nb.widgets import attack_example, attack_explorer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model, x, y = trained_convnet()
+    return model, x[:64], y[:64]
+
+
+def test_robust_accuracy_equals_accuracy_on_the_attack_output(trained):
+    model, x, y = trained
+    kw = dict(eps=0.1, alpha=0.025, steps=5, seed=1)
+    expected = accuracy(model, pgd(model, x, y, **kw), y)
+    assert robust_accuracy(model, x, y, "pgd", **kw) == expected
+    assert robust_accuracy(model, x, y, pgd, **kw) == expected           # a callable works too
+    assert robust_accuracy(model, x, y, "fgsm", eps=0.0) == accuracy(model, x, y)
+    with pytest.raises(ValueError, match="unknown attack"):
+        robust_accuracy(model, x, y, "deepfool", eps=0.1)
+
+
+def test_eps_sweep_table_and_plot(trained):
+    model, x, y = trained
+    sweep = eps_sweep(model, x, y, [0.0, 0.05, 0.1, 0.2], attacks=("fgsm", "pgd"), steps=5, progress=False)
+    clean = accuracy(model, x, y)
+    for name in ("fgsm", "pgd"):
+        acc = sweep.accuracy[name]
+        assert acc[0] == clean
+        assert acc[-1] < clean - 0.3                      # a large eps breaks an undefended model
+        assert all(b <= a + 1 / 64 for a, b in zip(acc, acc[1:]))   # (nearly) monotone in eps
+    # PGD is at least as strong as FGSM at every eps (up to one sample).
+    assert all(p <= f + 1 / 64 for f, p in zip(sweep.accuracy["fgsm"], sweep.accuracy["pgd"]))
+    assert sweep.accuracy["fgsm"][2] == accuracy(model, fgsm(model, x, y, 0.1), y)
+    table = sweep.table()
+    assert "pgd" in table and len(table.splitlines()) == 5
+    fig = sweep.plot()
+    assert len(fig.axes[0].lines) == 2
+    with pytest.raises(ValueError, match="eps_values"):
+        eps_sweep(model, x, y, [-0.1])
+
+
+def test_input_quantization_hides_gradients_but_not_the_decision(trained):
+    model, x, y = trained
+    defended = InputQuantization(model, levels=8)
+    xr = x.clone().requires_grad_()
+    defended(xr).sum().backward()
+    assert torch.count_nonzero(xr.grad) == 0              # rounding: zero gradient everywhere
+    assert accuracy(defended, x, y) > 0.8                 # 3-bit digits are still digits
+    with pytest.raises(ValueError, match="levels"):
+        InputQuantization(model, levels=1)
+
+
+def test_gradient_masking_check_flags_quantization_not_the_plain_model(trained):
+    model, x, y = trained
+    kw = dict(eps=0.15, steps=5, strong_steps=20, strong_restarts=2, square_queries=300)
+    plain = gradient_masking_check(model, x, y, **kw)
+    masked = gradient_masking_check(InputQuantization(model, levels=8), x, y, **kw)
+    assert not plain.warnings, str(plain)
+    assert plain.zero_grad_fraction == 0 and plain.large_eps <= 0.2
+    assert masked.zero_grad_fraction == 1.0
+    assert masked.pgd > plain.pgd + 0.3                   # PGD "sees" a robust model...
+    assert masked.square < masked.pgd - 0.1               # ...which Square exposes
+    text = " ".join(masked.warnings)
+    assert "Square" in text and "zero loss gradient" in text and "stays at" in text
+    assert "warnings" in str(masked) and masked.suspicious and not plain.suspicious
+
+
+def test_attack_example_and_explorer(trained):
+    model, x, y = trained
+    res = attack_example(model, x[0], y[0], "pgd", "linf", eps=0.3, steps=10)
+    assert res["clean_pred"] == int(y[0]) and res["adv_pred"] != int(y[0])
+    assert (res["x_adv"] - res["x"]).abs().max() <= 0.3 + 1e-6
+    assert torch.allclose(res["probs"].sum(1), torch.ones(2))
+    assert len(res["figure"].axes) == 3
+    with pytest.raises(ValueError, match="L-inf"):
+        attack_example(model, x[0], y[0], "fgsm", "l2", eps=1.0)
+    widget = attack_explorer(model, x[:4], y[:4], eps_max=0.2, eps_max_l2=2.0, steps=3)
+    norm_dropdown, eps_slider = widget.children[1].children
+    norm_dropdown.value = "l2"                             # switching norm rescales the eps slider
+    assert eps_slider.max == pytest.approx(2.0)
