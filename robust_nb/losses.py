@@ -172,8 +172,9 @@ def fire_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float,
     Deviations, numerical only (same value where the reference is finite): ``sqrt(p_k q_k)`` is
     computed as ``exp((log p_k + log q_k) / 2)`` from log-softmaxes, because the reference's
     ``(p * q) ** 0.5`` has an infinite derivative (NaN after softmax's backward) when the product
-    underflows to 0 for confident models; and BC is clamped to <= 1 before the stabiliser is
-    subtracted (float32 rounding can put it a hair above 1, which Cauchy-Schwarz forbids).
+    underflows to 0 for confident models; and BC's value is clamped to <= 1 before the stabiliser
+    is subtracted (float32 rounding can put it a hair above 1, which Cauchy-Schwarz forbids), with
+    the gradient passed through unchanged.
     """
     _check_logit_pair(logits_clean, logits_adv, y, beta)
     if not 0 < stability < 1:
@@ -190,5 +191,8 @@ def fisher_rao_penalty(logits_p: Tensor, logits_q: Tensor, stability: float = 1e
     """
     log_p = F.log_softmax(_at_least_float32(logits_p), dim=1)       # (B, K)
     log_q = F.log_softmax(_at_least_float32(logits_q), dim=1)       # (B, K)
-    bc = ((log_p + log_q) / 2).exp().sum(1).clamp(max=1.0)          # (B,) Bhattacharyya coeff.
+    bc = ((log_p + log_q) / 2).exp().sum(1)                         # (B,) Bhattacharyya coeff.
+    # Clamp the value to <= 1 but let the gradient through unchanged (straight-through): near
+    # coincidence, where FIRE's inner attack starts, the authors' gradient must survive.
+    bc = bc - (bc - bc.clamp(max=1.0)).detach()
     return torch.acos(bc - stability) ** 2

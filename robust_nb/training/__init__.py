@@ -4,9 +4,11 @@ schedules, checkpoints, load-or-train cache and named recipes."""
 from .base import ClassicalTraining, TrainingDiverged
 from .cache import load_or_train
 from .checkpoint import CheckpointError
+from .fire import FireTraining
 from .history import History
 from .recipes import RECIPES, train_method
 from .schedules import SCHEDULES, lr_factor
+from .trades import TradesTraining
 
 __all__ = ["ClassicalTraining", "TrainingDiverged", "CheckpointError", "History", "load_or_train",
-           "RECIPES", "train_method", "SCHEDULES", "lr_factor"]
+           "RECIPES", "train_method", "SCHEDULES", "lr_factor", "TradesTraining", "FireTraining"]

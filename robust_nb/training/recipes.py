@@ -30,9 +30,26 @@ def _mixup(cfg: Config) -> tuple[type, dict]:
     return cls, dict(kwargs, mixup_alpha=cfg.mixup_alpha)
 
 
+def _trades(cfg: Config) -> tuple[type, dict]:
+    from .trades import TradesTraining
+
+    _, kwargs = _classical(cfg)
+    return TradesTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
+                                alpha=cfg.alpha_linf, steps=cfg.adv_steps, beta=cfg.trades_beta)
+
+
+def _fire(cfg: Config) -> tuple[type, dict]:
+    from .fire import FireTraining
+
+    _, kwargs = _trades(cfg)
+    return FireTraining, dict(kwargs, beta=cfg.fire_beta)
+
+
 RECIPES: dict[str, Callable[[Config], tuple[type, dict]]] = {
     "classical": _classical,
     "mixup": _mixup,
+    "trades": _trades,
+    "fire": _fire,
 }
 
 
