@@ -9,7 +9,8 @@
   draws them).
 * :func:`fit_temperature`, :class:`TemperatureScaled` -- temperature scaling (Guo et al. 2017).
 * :func:`bootstrap_interval` -- a bootstrap confidence interval for any of these metrics.
-* :func:`calibration_summary` -- accuracy, NLL, ECE and both L2 errors in one dict.
+* :func:`calibration_summary`, :func:`summary_table` -- accuracy, NLL, ECE and both L2 errors
+  in one dict, and dicts of them as a text table.
 
 Papers: Guo, Pleiss, Sun, Weinberger, "On Calibration of Modern Neural Networks", ICML 2017,
 https://arxiv.org/abs/1706.04599; Kumar, Liang, Ma, "Verified Uncertainty Calibration", NeurIPS
@@ -410,3 +411,16 @@ def calibration_summary(logits, labels, n_bins: int = 15) -> dict[str, float]:
         "l2_ce_marginal": calibration_error(probs, labels, mode="marginal", n_bins=n_bins),
         "confidence": probs.max(1).values.mean().item(),
     }
+
+
+SUMMARY_COLUMNS = {"accuracy": "acc", "confidence": "mean conf", "nll": "NLL", "ece": "ECE",
+                   "l2_ce_top": "L2 top", "l2_ce_marginal": "L2 marginal"}
+
+
+def summary_table(summaries: dict[str, dict[str, float]]) -> str:
+    """Rows of :func:`calibration_summary` dicts as an aligned text table (one row per name)."""
+    width = max(len("model"), *(len(name) for name in summaries))
+    head = f"{'model':<{width}}" + "".join(f"{h:>13}" for h in SUMMARY_COLUMNS.values())
+    rows = [f"{name:<{width}}" + "".join(f"{s[key]:>13.4f}" for key in SUMMARY_COLUMNS)
+            for name, s in summaries.items()]
+    return "\n".join([head, *rows])

@@ -23,6 +23,7 @@ from robust_nb.calibration import (
     expected_calibration_error,
     fit_temperature,
     reliability_diagram,
+    summary_table,
 )
 
 TOL = 1e-4  # the bar; the estimators actually agree to ~1e-12 (ECE: ~1e-6, float32 sums)
@@ -291,3 +292,11 @@ def test_fit_temperature_rejects_bad_input():
         fit_temperature(torch.full((5, 3), float("nan")), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         fit_temperature(torch.zeros(5, 3), torch.full((5,), 3))
+
+
+def test_summary_table_lists_every_model_and_metric(real_outputs):
+    logits, _, labels = real_outputs
+    rows = {"raw": calibration_summary(logits, labels), "T=2": calibration_summary(logits / 2, labels)}
+    lines = summary_table(rows).splitlines()
+    assert len(lines) == 3 and "ECE" in lines[0] and lines[2].startswith("T=2")
+    assert f"{rows['raw']['ece']:.4f}" in lines[1]
