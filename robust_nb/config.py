@@ -44,6 +44,8 @@ class Config:
     convnet_filters: tuple       # channels of the ConvNet's four hidden 3x3 convs (f1, f2, f3, f4)
     resnet: str                  # the residual network used where a ResNet is trained
     width: float                 # width multiplier applied to every ResNet-family model
+    drop_prob: float             # Dropout / DropBlock drop probability (1 - keep_prob), when used
+    block_size: int              # DropBlock block size (feature-map pixels)
     # -- classical training ------------------------------------------------------------------
     epochs: int
     batch_size: int
@@ -58,12 +60,15 @@ class Config:
     attack_steps: int            # PGD/APGD iterations at evaluation time
     restarts: int                # random restarts at evaluation time
     square_queries: int          # Square Attack query budget inside AutoAttack
+    apgd_steps: int              # APGD/FAB iterations inside AutoAttack (paper: 100)
     n_attack: int                # how many test images are attacked in evaluations
     # -- robust training ---------------------------------------------------------------------
     adv_epochs: int              # epochs of every robust training method
     adv_steps: int               # PGD/APGD/TRADES/FIRE inner steps while training
     trades_beta: float           # TRADES regularization weight (paper default 6)
-    fire_beta: float             # FIRE regularization weight
+    fire_beta: float             # FIRE regularization weight (the authors' configs: 20)
+    trades_betas: tuple          # the TRADES beta sweep of notebook 06
+    trades_sweep_epochs: int     # epochs of each model of that sweep
     # -- mixup and calibration ---------------------------------------------------------------
     mixup_alpha: float           # Beta(alpha, alpha) for mixup
     calibration_bins: int
@@ -88,19 +93,23 @@ _PROFILES: dict[str, dict] = {
     "quick": dict(
         dataset="mnist-5k", image_size=28, in_channels=1, num_classes=10, augment="crop",
         model="convnet", convnet_filters=(8, 16, 32, 64), resnet="resnet18", width=0.25,
-        epochs=6, batch_size=128, lr=0.05, weight_decay=5e-4, ema_decay=0.99,
+        drop_prob=0.1, block_size=3,
+        epochs=4, batch_size=64, lr=0.05, weight_decay=5e-4, ema_decay=0.95,
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
-        attack_steps=10, restarts=1, square_queries=300, n_attack=200,
-        adv_epochs=6, adv_steps=5, trades_beta=6.0, fire_beta=6.0,
+        attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
+        adv_epochs=6, adv_steps=5, trades_beta=6.0, fire_beta=20.0,
+        trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=2,
         mixup_alpha=1.0, calibration_bins=15,
     ),
     "full": dict(
         dataset="cifar10", image_size=32, in_channels=3, num_classes=10, augment="crop+flip",
         model="preact_resnet18", convnet_filters=(64, 128, 256, 512), resnet="resnet18", width=1.0,
+        drop_prob=0.1, block_size=3,
         epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, ema_decay=0.999,
         eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
-        attack_steps=20, restarts=1, square_queries=5000, n_attack=1000,
-        adv_epochs=100, adv_steps=10, trades_beta=6.0, fire_beta=6.0,
+        attack_steps=20, restarts=1, square_queries=5000, apgd_steps=100, n_attack=1000,
+        adv_epochs=100, adv_steps=10, trades_beta=6.0, fire_beta=20.0,
+        trades_betas=(0.0, 1.0, 3.0, 6.0, 12.0), trades_sweep_epochs=100,
         mixup_alpha=1.0, calibration_bins=15,
     ),
 }

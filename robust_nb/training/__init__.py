@@ -1,9 +1,12 @@
 """Training: one loop (:class:`ClassicalTraining`) that every method extends, its history,
 schedules, checkpoints, load-or-train cache and named recipes."""
 
+from .adversarial import AdversarialMethod, AdversarialTraining
+from .autoattack_training import AutoAttackTraining
 from .base import ClassicalTraining, TrainingDiverged
 from .cache import load_or_train
 from .checkpoint import CheckpointError
+from .fast import FastAdversarialTraining
 from .fire import FireTraining
 from .history import History
 from .recipes import RECIPES, train_method
@@ -11,4 +14,5 @@ from .schedules import SCHEDULES, lr_factor
 from .trades import TradesTraining
 
 __all__ = ["ClassicalTraining", "TrainingDiverged", "CheckpointError", "History", "load_or_train",
-           "RECIPES", "train_method", "SCHEDULES", "lr_factor", "TradesTraining", "FireTraining"]
+           "RECIPES", "train_method", "SCHEDULES", "lr_factor", "TradesTraining", "FireTraining",
+           "AdversarialMethod", "AdversarialTraining", "FastAdversarialTraining", "AutoAttackTraining"]

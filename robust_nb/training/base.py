@@ -42,6 +42,7 @@ https://arxiv.org/abs/2010.03593.
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,6 +60,13 @@ from .schedules import check_schedule, lr_factor
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AMP_CHOICES = (None, False, True, "bf16", "fp16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX tiles)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,9 +96,11 @@ def _as_pair(data, split: str, name: str) -> tuple[Tensor, Tensor]:
 def _callback_name(cb) -> str:
     # A readable, *stable* description for the config (and so the cache key): objects with their
     # own __repr__ (DropBlockSchedule) give it; plain functions give their qualified name.
-    if type(cb).__repr__ is not object.__repr__ and not callable(getattr(cb, "__code__", None)):
+    if isinstance(cb, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        return cb.__qualname__
+    if type(cb).__repr__ is not object.__repr__:
         return repr(cb)
-    return getattr(cb, "__qualname__", type(cb).__name__)
+    return type(cb).__qualname__
 
 
 class ClassicalTraining:
@@ -106,10 +116,12 @@ class ClassicalTraining:
         label_smoothing: Szegedy et al. 2016 (https://arxiv.org/abs/1512.00567).
         augment: ``DeviceLoader`` augmentation: "none", "crop", "flip", "crop+flip".
         ema_decay: per-step EMA decay of weights and BN buffers; 0 disables it.
-        amp: ``None`` = automatic (bf16 on CUDA GPUs that support it, else fp16 with a gradient
-            scaler; off on CPU and MPS, where bf16 autocast was measured *slower* for these small
-            convolutions, see the notebook 03 report); ``True`` = bf16 (fp16 on CUDA without
-            bf16); ``"bf16"`` / ``"fp16"``; ``False`` = off.
+        amp: ``None`` = automatic: bf16 on CUDA GPUs that support it, else fp16 with a gradient
+            scaler; bf16 on CPUs with native bf16 instructions (AVX512-BF16 or AMX), where one
+            training step of the quick ConvNet / ResNet-18 took 0.79x / 0.69x the fp32 time
+            (measured on a 2-core AMD EPYC with AVX512-BF16, single thread); off elsewhere
+            (older CPUs emulate bf16 and get slower; MPS). ``True`` = bf16 (fp16 on CUDA
+            without bf16); ``"bf16"`` / ``"fp16"``; ``False`` = off.
         channels_last: train in the ``channels_last`` memory format (faster on recent GPUs).
         grad_clip: clip the global gradient norm to this value (``None`` = off).
         mixup_alpha: mixup with Beta(alpha, alpha) (Zhang et al. 2018,
@@ -215,9 +227,11 @@ class ClassicalTraining:
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         if amp is True:
             return torch.float16 if device.type == "cuda" and not cuda_bf16 else torch.bfloat16
-        # amp=None: automatic. On CPU it is off: see the class docstring.
+        # amp=None: automatic (see the class docstring for the CPU measurement).
         if device.type == "cuda":
             return torch.bfloat16 if cuda_bf16 else torch.float16
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
         return None
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -310,9 +324,9 @@ class ClassicalTraining:
         if self.epoch > 0 and not resume:
             raise ValueError(f"this trainer has already run {self.epoch} epoch(s); build a new "
                              f"one, or continue with resume=True and a checkpoint")
-        if self.num_classes is None:
+        if self.num_classes is None:   # for mixup's one-hot targets: the model's output width
             self.num_classes = (train.num_classes if isinstance(train, Dataset)
-                                else int(y_train.max()) + 1)
+                                else self._output_width(x_train[:1]))
         loader = DeviceLoader(x_train, y_train, self.batch_size, augment=self.augment,
                               seed=self.seed, device=self.device)
         if val_pair is not None:
@@ -323,6 +337,14 @@ class ClassicalTraining:
                 self._load_checkpoint(self.checkpoint, loader)
             self._run(loader, val_pair)
         return self.history
+
+    @torch.no_grad()
+    def _output_width(self, x: Tensor) -> int:
+        was_training = self.model.training
+        try:
+            return self.model.eval()(x.to(self.device)).shape[1]
+        finally:
+            self.model.train(was_training)
 
     def _run(self, loader: DeviceLoader, val_pair) -> None:
         from tqdm.auto import tqdm

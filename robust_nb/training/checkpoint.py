@@ -11,9 +11,7 @@ a clear message instead of failing later on a missing key.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -51,8 +49,9 @@ def safe_load(path: str | os.PathLike, expected_format: str, map_location=None) 
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as err:
+    except Exception as err:  # noqa: BLE001 -- the unpickler raises many types on bad bytes
+        # (RuntimeError, EOFError, UnpicklingError, struct.error, BadZipFile, ...); all mean the
+        # same thing here, and the original error is chained.
         raise CheckpointError(
             f"{path} is not a readable robust_nb file (corrupt, truncated, or not written by "
             f"torch.save with plain tensors): {type(err).__name__}: {str(err)[:300]}\n"

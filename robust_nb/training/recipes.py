@@ -45,11 +45,40 @@ def _fire(cfg: Config) -> tuple[type, dict]:
     return FireTraining, dict(kwargs, beta=cfg.fire_beta)
 
 
+
+def _pgd(cfg: Config) -> tuple[type, dict]:
+    from .adversarial import AdversarialTraining
+
+    _, kwargs = _classical(cfg)
+    return AdversarialTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
+                                     alpha=cfg.alpha_linf, steps=cfg.adv_steps,
+                                     robust_val=cfg.n_attack)
+
+
+def _fgsm(cfg: Config) -> tuple[type, dict]:
+    from .fast import FastAdversarialTraining
+
+    _, kwargs = _classical(cfg)
+    return FastAdversarialTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
+                                         alpha=cfg.alpha_fgsm, schedule="onecycle",
+                                         robust_val=cfg.n_attack)
+
+
+def _autoattack(cfg: Config) -> tuple[type, dict]:
+    from .autoattack_training import AutoAttackTraining
+
+    _, kwargs = _classical(cfg)
+    return AutoAttackTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
+                                    steps=cfg.adv_steps, robust_val=cfg.n_attack)
+
 RECIPES: dict[str, Callable[[Config], tuple[type, dict]]] = {
     "classical": _classical,
     "mixup": _mixup,
     "trades": _trades,
     "fire": _fire,
+    "pgd": _pgd,
+    "fgsm": _fgsm,
+    "autoattack": _autoattack,
 }
 
 

@@ -1,0 +1,80 @@
+"""Adversarial training on APGD examples, the first (and strongest gradient) attack of AutoAttack.
+
+APGD: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020, https://arxiv.org/abs/2003.01690 (``rnb.attacks.apgd``).
+The training objective is Madry et al.'s (https://arxiv.org/abs/1706.06083): cross-entropy on the
+examples the attack finds, every batch. Compared with PGD, APGD needs no step size (it starts at
+``2 eps`` and halves it per sample when progress stalls) and uses momentum. AutoAttack's other
+members (FAB, Square) are not used for training: they are far more expensive per example and
+are meant to *check* a model, not to train it.
+
+``losses=("ce",)`` trains on APGD-CE; ``("ce", "dlr")`` also runs APGD-DLR (the scale-invariant
+loss of the same paper) and keeps, per image, whichever example has the higher cross-entropy
+(the training loss), at twice the cost. As in ``rnb.attacks.apgd``, images the model already
+misclassifies are not attacked (their clean version is kept: AutoAttack's convention; their loss
+is already high) and an attack stops improving an image once it is misclassified.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import attacks
+from ..attacks._base import _view, attack_mode
+from .adversarial import AdversarialMethod
+
+APGD_LOSSES = ("ce", "dlr")
+
+
+class AutoAttackTraining(AdversarialMethod):
+    """Adversarial training on APGD-CE (optionally also APGD-DLR) examples, every batch.
+
+    Args (besides those of :class:`~robust_nb.training.adversarial.AdversarialMethod` and
+    :class:`~robust_nb.training.base.ClassicalTraining`):
+        steps: APGD iterations per batch (AutoAttack evaluates with 100; a handful is enough to
+            train, as for PGD).
+        losses: ``("ce",)`` or ``("ce", "dlr")`` (see the module docstring); any non-empty
+            subset of ("ce", "dlr").
+        restarts: APGD restarts per loss.
+
+    >>> trainer = AutoAttackTraining(model, epochs=6, lr=0.05, batch_size=128, eps=0.1, steps=5)
+    >>> history = trainer.fit(data, val=data.test)
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float, steps: int = 10,
+                 losses: tuple[str, ...] = ("ce",), restarts: int = 1, **kwargs):
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps}")
+        losses = (losses,) if isinstance(losses, str) else tuple(losses)
+        if not losses or any(loss not in APGD_LOSSES for loss in losses) \
+                or len(set(losses)) != len(losses):
+            raise ValueError(f"losses must be a non-empty subset of {APGD_LOSSES}, got {losses}")
+        if int(restarts) != restarts or restarts < 1:
+            raise ValueError(f"restarts must be a positive integer, got {restarts}")
+        super().__init__(model, eps=eps, **kwargs)
+        self.steps, self.losses, self.restarts = int(steps), losses, int(restarts)
+
+    def config_dict(self) -> dict:
+        d = super().config_dict()
+        d.update(steps=self.steps, losses=list(self.losses), restarts=self.restarts)
+        return d
+
+    def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        seed = self.attack_seed()
+        candidates = [attacks.apgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
+                                   loss=loss, restarts=self.restarts, seed=seed + i)
+                      for i, loss in enumerate(self.losses)]
+        if len(candidates) == 1:
+            return candidates[0]
+        # Per image, the candidate with the highest cross-entropy (one forward pass each).
+        with torch.no_grad(), attack_mode(model):
+            ce = torch.stack([F.cross_entropy(model(c).float(), y, reduction="none")
+                              for c in candidates])                       # (L, B)
+        best = ce.argmax(0)                                               # (B,)
+        out = candidates[0]
+        for i, c in enumerate(candidates[1:], start=1):
+            out = torch.where(_view(best == i, x), c, out)
+        return out
+
