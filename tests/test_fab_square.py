@@ -53,9 +53,13 @@ def test_set(mnist):
     return x[perm], y[perm]
 
 
-def _acc(model, x, y):
+def _pred(model, x):
     with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+        return model(x).argmax(1)
+
+
+def _acc(model, x, y):
+    return (_pred(model, x) == y).float().mean().item()
 
 
 # -- the projections of FAB ----------------------------------------------------------------------
@@ -107,15 +111,15 @@ def test_projections_are_minimal_in_their_norm():
 def test_square_eta_profile_and_p_schedule_match_reference():
     ref = torchattacks.Square(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), n_queries=5000)
     for s in (1, 2, 3, 5, 6, 25):
-        r, e = ref.eta(s).double(), eta_profile(s)      # the reference transposes at random
+        r, e = ref.eta(s), eta_profile(s)      # the reference transposes at random
         assert min((r - e).abs().max(), (r - e.T).abs().max()) < 1e-6
-        assert abs(e.norm().item() - 1) < 1e-9
+        assert abs(e.norm().item() - 1) < 1e-6
     for queries in (5000, 300):
         ref.n_queries = queries
         assert all(ref.p_selection(i) == p_selection(0.8, i, queries) for i in range(queries))
 
 
-# -- the attack contract ----------------------------------------------------------------------------
+# -- the attack contract -----------------------------------------------------------------------
 
 ATTACKS = {
     "fab": lambda m, x, y, eps, norm, seed=0, **kw: fab(
@@ -175,9 +179,11 @@ class _NoGradModel(nn.Module):
 
 def test_square_uses_scores_only(net, test_set):
     x, y = test_set[0][:16], test_set[1][:16]
-    x_adv = square(_NoGradModel(net).eval(), x, y, 0.15, queries=30)
+    x_adv = square(_NoGradModel(net).eval(), x, y, 0.15, queries=30, batch_size=5)
     assert not net.training
     assert (lp_norm(x_adv - x, "linf") <= 0.15 + 1e-6).all()
+    changed = (x_adv != x).flatten(1).any(1)
+    assert (_pred(net, x_adv)[changed] != y[changed]).all()
 
 
 def test_square_targeted_reaches_the_target(net, test_set):
@@ -201,6 +207,7 @@ def test_bad_inputs_raise(net, test_set, attack):
         lambda: attack(net, x, y.float(), 0.1),                  # labels not integers
         lambda: attack(net, x, y, -0.1),                         # negative eps
         lambda: attack(net, x, y, 0.1, norm="l1"),               # unknown norm
+        lambda: attack(net, x, y + 10, 0.1),                     # no such class
         lambda: attack(lambda t: t, x, y, 0.1),                  # not a module
     ]
     if attack is fab:
@@ -211,7 +218,9 @@ def test_bad_inputs_raise(net, test_set, attack):
         bad_calls += [lambda: square(net, x, y, 0.1, loss="dlr"),
                       lambda: square(net, x, y, 0.1, queries=0),
                       lambda: square(net, x, y, 0.1, p_init=1.5),
-                      lambda: square(net, x, y, 0.1, targeted=True)]
+                      lambda: square(net, x, y, 0.1, targeted=True),
+                      lambda: square(net, x, y, 0.1, targeted=True, target=y[:2]),
+                      lambda: square(net, x, y, 0.1, targeted=True, target=y - 1)]
     for call in bad_calls:
         with pytest.raises(ValueError):
             call()

@@ -40,7 +40,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import _view, attack_mode, batched, check_attack_inputs, lp_norm, make_generator, model_device
+from ._base import (_view, attack_mode, batched, check_attack_inputs, lp_norm, make_generator,
+                    model_device)
+
+
+def check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> None:
+    """ValueError unless every label is a class index of a ``num_classes``-way model (one sync)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} must lie in [0, {num_classes - 1}] for this model, got values in "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
 
 
 def fab(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
@@ -77,6 +85,7 @@ def _fab_batch(model, x, y, eps, norm, targeted, n_target_classes, steps, restar
                alpha_max, eta, beta, gen) -> Tensor:
     """The reference's ``perturb``: one FAB run per (target, restart) on the points still robust."""
     logits = model(x).float()                                           # (N, K)
+    check_labels(y, logits.shape[1])
     robust = logits.argmax(1) == y                                      # (N,)
     adv = x.clone()
     if targeted:
@@ -214,7 +223,7 @@ def _solve_capped(weight: Tensor, cap: Tensor, target: Tensor) -> Tensor:
     above = w_s.flip(1).cumsum(1).flip(1)                                # sum_{j>=k} w_j
     above_excl = torch.cat([above[:, 1:], torch.zeros_like(above[:, :1])], 1)
     at_caps = below + cap_s * above_excl                                 # value at lam = cap_k
-    k = (at_caps < target[:, None]).sum(1, keepdim=True)                 # (B, 1) first piece >= target
+    k = (at_caps < target[:, None]).sum(1, keepdim=True)                 # (B, 1) solution's piece
     feasible = k.squeeze(1) < cap.shape[1]
     k = k.clamp(max=cap.shape[1] - 1)
     below_prev = torch.cat([torch.zeros_like(below[:, :1]), below], 1).gather(1, k).squeeze(1)

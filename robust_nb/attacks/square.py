@@ -46,8 +46,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._base import _view, attack_mode, batched, check_attack_inputs, lp_norm, make_generator, model_device
+from ._base import (_view, attack_mode, batched, check_attack_inputs, lp_norm, make_generator,
+                    model_device)
 from ._losses import ce_loss, margin
+from .fab import check_labels
 
 LOSSES = ("margin", "ce")
 
@@ -89,7 +91,7 @@ def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf
 
 
 def p_selection(p_init: float, it: int, queries: int) -> float:
-    """Fraction of pixels the square covers at iteration ``it`` (0-based) of a ``queries`` budget."""
+    """Fraction of the pixels a square covers at 0-based iteration ``it`` of ``queries``."""
     it = int(it / queries * 10000)
     return p_init / 2 ** sum(it > mark for mark in _P_MARKS)
 
@@ -98,7 +100,9 @@ def p_selection(p_init: float, it: int, queries: int) -> float:
 def _square_batch(model, x, label, eps, norm, queries, p_init, restarts, loss, targeted,
                   gen) -> Tensor:
     """The reference's ``perturb``: one run per restart on the points not yet fooled."""
-    pred = model(x).argmax(1)
+    logits = model(x)
+    check_labels(label, logits.shape[1], "target labels" if targeted else "labels")
+    pred = logits.argmax(1)
     robust = pred != label if targeted else pred == label               # (N,)
     adv = x.clone()
     for _ in range(restarts):
@@ -249,7 +253,7 @@ def eta_profile(s: int) -> Tensor:
     the top half is a stack of centred rectangles with weights 1/(k+1)^2, the bottom half the
     same with a minus sign. Computed once per size, on the CPU."""
     prof = torch.cat([_rectangles(s // 2, s), -_rectangles(s - s // 2, s)])
-    return prof / prof.norm()
+    return (prof / prof.norm()).float()                # float64 math, float32 for every device
 
 
 def _rectangles(rows: int, cols: int) -> Tensor:
