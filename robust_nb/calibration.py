@@ -294,7 +294,8 @@ def bootstrap_interval(metric: Callable[[Tensor, Tensor], float], probs, labels,
     i.e. a 99.9% interval; here ``level`` means what it says.)
 
     >>> probs = torch.softmax(torch.randn(200, 3, generator=torch.Generator().manual_seed(0)), 1)
-    >>> lo, mid, hi = bootstrap_interval(expected_calibration_error, probs, torch.zeros(200, dtype=torch.long))
+    >>> labels = torch.zeros(200, dtype=torch.long)
+    >>> lo, mid, hi = bootstrap_interval(expected_calibration_error, probs, labels)
     >>> lo <= hi
     True
     """

@@ -169,7 +169,8 @@ def test_plot_draws_reliability_diagrams(real_outputs):
     from robust_nb.plots import reliability_diagrams
 
     _, probs, labels = real_outputs
-    fig = reliability_diagrams({"a": reliability_diagram(probs, labels), "b": reliability_diagram(probs, labels, 5)})
+    fig = reliability_diagrams({"a": reliability_diagram(probs, labels),
+                                "b": reliability_diagram(probs, labels, 5)})
     assert len(fig.axes) == 4
     assert "ECE" in fig.axes[0].texts[0].get_text()
 
@@ -196,7 +197,8 @@ def test_temperature_scaling_lowers_nll_and_keeps_accuracy(real_outputs):
     fit, held = slice(0, None, 2), slice(1, None, 2)  # interleaved: the test split is class-sorted
     t = fit_temperature(logits[fit], labels[fit])
     assert t > 1  # the sharpened model is overconfident
-    before, after = calibration_summary(logits[held], labels[held]), calibration_summary(logits[held] / t, labels[held])
+    before = calibration_summary(logits[held], labels[held])
+    after = calibration_summary(logits[held] / t, labels[held])
     assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
     assert after["accuracy"] == before["accuracy"]
     assert before["nll"] == pytest.approx(F.cross_entropy(logits[held].double(), labels[held]).item())
@@ -216,7 +218,8 @@ def test_temperature_scaled_module(mnist):
     assert t == pytest.approx(fit_temperature(model(x).detach(), y), rel=1e-6)
     with torch.no_grad():
         assert torch.allclose(scaled(x), model(x) / t)
-    assert "temperature" in scaled.state_dict() and not any(p is scaled.temperature for p in scaled.parameters())
+    assert "temperature" in scaled.state_dict()
+    assert not any(p is scaled.temperature for p in scaled.parameters())  # a buffer, never trained
     assert f"{t:.4f}" in repr(scaled)
     with pytest.raises(ValueError, match="positive"):
         TemperatureScaled(model, 0.0)
