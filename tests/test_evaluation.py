@@ -73,7 +73,7 @@ def test_gradient_masking_check_flags_quantization_not_the_plain_model(trained):
     assert masked.pgd > plain.pgd + 0.3                   # PGD "sees" a robust model...
     assert masked.square < masked.pgd - 0.1               # ...which Square exposes
     text = " ".join(masked.warnings)
-    assert "Square" in text and "zero loss gradient" in text and "stays at" in text
+    assert "Square" in text and "zero loss gradient" in text
     assert "warnings" in str(masked) and masked.suspicious and not plain.suspicious
 
 

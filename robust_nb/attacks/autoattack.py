@@ -107,7 +107,7 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str
                             for i in range(0, len(x0), 500)])
     n_targets = min(n_target_classes, n_classes - 1)
     x_adv = x0.clone()
-    result = AutoAttackResult(x_adv=x_adv, clean_accuracy=robust.float().mean().item())
+    result = AutoAttackResult(x_adv=x_adv, clean_accuracy=robust.sum().item() / len(robust))
     for name in attacks:
         start = time.perf_counter()
         idx = robust.nonzero().squeeze(1)
@@ -122,7 +122,7 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str
                                     for i in range(0, len(adv), 500)])
             x_adv[idx[fooled]] = adv[fooled]
             robust[idx[fooled]] = False
-        result.robust_accuracy[name] = robust.float().mean().item()
+        result.robust_accuracy[name] = robust.sum().item() / len(robust)
         result.seconds[name] = time.perf_counter() - start
         if verbose:
             print(f"{name:<9} robust accuracy {result.robust_accuracy[name]:.2%} "
