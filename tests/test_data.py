@@ -18,6 +18,11 @@ def test_mnist_5k_split_is_stratified_and_in_range(mnist):
     assert mnist.classes == tuple("0123456789") and not mnist.flip
 
 
+def test_splits_are_shuffled_so_any_prefix_covers_every_class(mnist):
+    for _, labels in (mnist.train, mnist.test):
+        assert len(set(labels[:100].tolist())) == 10
+
+
 def test_split_is_deterministic(mnist):
     again = load_dataset("mnist-5k")
     assert torch.equal(again.test[0], mnist.test[0])
