@@ -227,3 +227,13 @@ def test_autoattack_at_least_as_strong_as_torchattacks(trained):
     assert accuracy(model, result.x_adv, y) == result.final_accuracy
     assert result.final_accuracy <= theirs + 2 / 64
     assert result.final_accuracy < result.clean_accuracy
+
+
+def test_autoattack_plus_version_order_and_stages(trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:16], batch[1][:16]
+    result = run_autoattack(model, x, y, 0.05, version="plus", steps=3, square_queries=20)
+    assert list(result.robust_accuracy) == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    accs = list(result.robust_accuracy.values())
+    assert accs == sorted(accs, reverse=True) and accs[-1] < result.clean_accuracy
+    assert accuracy(model, result.x_adv, y) == result.final_accuracy
