@@ -99,7 +99,7 @@ _PROFILES: dict[str, dict] = {
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
         adv_epochs=6, adv_steps=5, trades_beta=6.0, fire_beta=20.0,
-        trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=2,
+        trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=1,
         mixup_alpha=1.0, calibration_bins=15,
     ),
     "full": dict(

@@ -110,3 +110,77 @@ def perturbation_rows(x, rows: dict, labels=None, amplify: float | None = None, 
         axes[2 + 2 * r, 0].set_ylabel(f"delta x{k:.0f}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def tradeoff_curve(clean, robust, labels, ax=None, label_prefix: str = "β = ",
+                   xlabel: str = "clean accuracy", ylabel: str = "robust accuracy (PGD)"):
+    """Clean vs robust accuracy, one annotated point per model, joined in the given order
+    (notebook 06: TRADES' beta sweep). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    if not len(clean) == len(robust) == len(labels):
+        raise ValueError("clean, robust and labels must have the same length")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(clean, robust, "-o", color="tab:blue")
+    for c, r, lab in zip(clean, robust, labels):
+        ax.annotate(f"{label_prefix}{lab:g}" if isinstance(lab, (int, float)) else str(lab),
+                    (c, r), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def method_comparison(table, metrics=("clean", "pgd", "autoattack"), time_key: str = "s/epoch"):
+    """Grouped bars of accuracies per method, and time per epoch beside them (notebook 07).
+
+    ``table``: a mapping method -> {metric: value} (or a pandas DataFrame indexed by method).
+    Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = table.to_dict("index") if hasattr(table, "to_dict") else dict(table)
+    names = list(rows)
+    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 1.2]})
+    width = 0.8 / len(metrics)
+    for i, m in enumerate(metrics):
+        xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, [rows[n][m] for n in names], width, label=m)
+    ax.set_xticks(range(len(names)), names)
+    ax.set(ylabel="accuracy", ylim=(0, 1), title="accuracy on the test subset")
+    ax.legend(ncols=len(metrics), fontsize=9, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    ax_t.barh(names, [rows[n][time_key] for n in names], color="tab:gray")
+    ax_t.invert_yaxis()
+    ax_t.set(xlabel="seconds per training epoch", title="cost")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(y_true: Tensor, y_pred: Tensor, classes, ax=None, title: str | None = None):
+    """Draw the confusion matrix (rows: true class, columns: predicted class); return (fig, counts).
+
+    ``counts[i, j]`` is the number of images of class i predicted as j (an int64 tensor, computed
+    with one ``bincount``); cells are coloured by the row-normalised rate and labelled with counts.
+    """
+    k = len(classes)
+    y_true, y_pred = y_true.detach().cpu().long(), y_pred.detach().cpu().long()
+    if y_true.shape != y_pred.shape or y_true.dim() != 1:
+        raise ValueError(f"y_true and y_pred must be 1-D and the same length, got "
+                         f"{tuple(y_true.shape)} and {tuple(y_pred.shape)}")
+    counts = torch.bincount(y_true * k + y_pred, minlength=k * k).view(k, k)   # (K, K)
+    rates = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(0.45 * k + 1.5, 0.45 * k + 1.0))
+    else:
+        fig = ax.figure
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    return fig, counts

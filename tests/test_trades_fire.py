@@ -21,7 +21,7 @@ def _model(mnist, seed=0):
 
 
 def _subset(pair, n, seed=0):
-    # The embedded splits are sorted by class: take a random subset, not the first n.
+    # A seeded random subset (independent of how the split is ordered).
     idx = torch.randperm(len(pair[1]), generator=torch.Generator().manual_seed(seed))[:n]
     return pair[0][idx], pair[1][idx]
 
