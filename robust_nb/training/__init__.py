@@ -9,10 +9,11 @@ from .checkpoint import CheckpointError
 from .fast import FastAdversarialTraining
 from .fire import FireTraining
 from .history import History
+from .presets import PRESETS, preset
 from .recipes import RECIPES, train_method
 from .schedules import SCHEDULES, lr_factor
 from .trades import TradesTraining
 
 __all__ = ["ClassicalTraining", "TrainingDiverged", "CheckpointError", "History", "load_or_train",
-           "RECIPES", "train_method", "SCHEDULES", "lr_factor", "TradesTraining", "FireTraining",
+           "RECIPES", "train_method", "PRESETS", "preset", "SCHEDULES", "lr_factor", "TradesTraining", "FireTraining",
            "AdversarialMethod", "AdversarialTraining", "FastAdversarialTraining", "AutoAttackTraining"]

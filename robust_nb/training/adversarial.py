@@ -79,6 +79,13 @@ def _frozen_bn_stats(model: nn.Module):
             m.track_running_stats = flag
 
 
+def check_eps(eps) -> float:
+    """``eps`` as a float, or a ValueError: it must be finite and positive (pixel units)."""
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite positive number (pixel units), got {eps!r}")
+    return float(eps)
+
+
 class AdversarialMethod(ClassicalTraining):
     """Base of the attack-based training methods: train on ``craft(model, x, y)`` every batch.
 
@@ -99,8 +106,7 @@ class AdversarialMethod(ClassicalTraining):
 
     def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", bn_mode: str = "eval",
                  robust_val: int = 0, robust_val_steps: int = 10, **kwargs):
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite positive number (pixel units), got {eps!r}")
+        check_eps(eps)
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
         if bn_mode not in BN_MODES:
@@ -140,7 +146,7 @@ class AdversarialMethod(ClassicalTraining):
         return self.amp_dtype == torch.bfloat16
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Adversarial examples for the batch ``(x, y)`` against ``model``; subclasses implement it."""
+        """Adversarial examples for the batch ``(x, y)`` against ``model`` (subclasses)."""
         raise NotImplementedError
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
@@ -195,7 +201,7 @@ class AdversarialTraining(AdversarialMethod):
                  steps: int = 10, random_start: bool = True, **kwargs):
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps}")
-        alpha = 2.5 * eps / steps if alpha is None and isinstance(eps, (int, float)) else alpha
+        alpha = 2.5 * check_eps(eps) / steps if alpha is None else alpha
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite positive number, got {alpha!r}")
         super().__init__(model, eps=eps, **kwargs)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .. import attacks
 from ..attacks._base import attack_mode
-from .adversarial import AdversarialMethod
+from .adversarial import AdversarialMethod, check_eps
 
 
 class FastAdversarialTraining(AdversarialMethod):
@@ -70,7 +70,7 @@ class FastAdversarialTraining(AdversarialMethod):
         if kwargs.get("norm", "linf") != "linf":
             raise ValueError("FastAdversarialTraining is L-inf only (FGSM), got "
                              f"norm={kwargs['norm']!r}")
-        alpha = 1.25 * eps if alpha is None and isinstance(eps, (int, float)) else alpha
+        alpha = 1.25 * check_eps(eps) if alpha is None else alpha
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite positive number, got {alpha!r}")
         if not 0 < guard_drop <= 1:
@@ -79,7 +79,8 @@ class FastAdversarialTraining(AdversarialMethod):
             raise ValueError(f"guard_steps must be a positive integer, got {guard_steps}")
         super().__init__(model, eps=eps, schedule=schedule, bn_mode=bn_mode, **kwargs)
         self.alpha, self.random_start = float(alpha), bool(random_start)
-        self.guard, self.guard_drop, self.guard_steps = bool(guard), float(guard_drop), int(guard_steps)
+        self.guard, self.guard_drop = bool(guard), float(guard_drop)
+        self.guard_steps = int(guard_steps)
         self._guard_batch: tuple[Tensor, Tensor] | None = None
         self._guard_prev: float | None = None     # the last accepted epoch's guard accuracy
         self._best_epoch: int | None = None       # the last accepted epoch
