@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .attacks._base import model_device
 from .data import check_images
 from .evaluation import predict_logits
 
@@ -28,7 +29,7 @@ def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack:
         raise ValueError("FGSM is an L-inf attack; choose norm='linf'")
     x = image.unsqueeze(0) if image.dim() == 3 else image
     check_images(x)
-    device = next(iter(model.parameters())).device if any(True for _ in model.parameters()) else x.device
+    device = model_device(model)
     y = torch.as_tensor([int(label)], device=device)
     x = x.to(device)
     if attack == "fgsm":

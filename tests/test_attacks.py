@@ -13,7 +13,7 @@ from torch import nn
 
 import robust_nb as rnb
 from robust_nb.attacks import apgd, autoattack, fab, fgsm, pgd, run_autoattack, square
-from robust_nb.attacks._base import lp_norm
+from robust_nb.attacks._base import attack_mode, batchnorm_as_affine, lp_norm
 from robust_nb.attacks._losses import dlr_loss, dlr_targeted_loss, margin
 from robust_nb.evaluation import accuracy
 
@@ -107,6 +107,7 @@ def test_attack_contract(name, trained, batch):
         assert all(p.grad is None for n, p in model.named_parameters() if n != "9.bias")
         for k, v in model.state_dict().items():        # BN running stats unchanged: attacked in eval mode
             assert torch.equal(v, buffers[k]), k
+        assert type(model[2]) is nn.BatchNorm2d           # the BN module swapped during the attack is back
     finally:
         model.eval()
         model[-1].bias.grad = None
@@ -157,6 +158,23 @@ def test_bad_arguments_raise(trained, batch):
         autoattack(model, x, y, EPS, version="fast")
     with pytest.raises(ValueError, match="unknown attacks"):
         autoattack(model, x, y, EPS, attacks=["apgd-ce", "cw"])
+
+
+def test_batchnorm_as_affine_is_exact_and_restored(trained, batch):
+    model, _, _ = trained
+    x = batch[0]
+    bn = model[2]
+    with attack_mode(model), batchnorm_as_affine(model):
+        assert type(model[2]) is not nn.BatchNorm2d
+        swapped = model(x)
+    assert model[2] is bn
+    assert torch.allclose(swapped, model(x), rtol=1e-5, atol=1e-5)   # equal up to float rounding
+    model.train()
+    try:
+        with batchnorm_as_affine(model):              # never in train mode: batch statistics are used there
+            assert model[2] is bn
+    finally:
+        model.eval()
 
 
 # -- the losses against hand-computed values ------------------------------------------------------

@@ -137,3 +137,49 @@ def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -
         r = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) * eps
         delta = normalize_direction(d, "l2") * _view(r, x)
     return (x + delta).clamp(0.0, 1.0)
+
+
+class _EvalBatchNorm(nn.Module):
+    """An eval-mode BatchNorm as a per-channel affine map ``x * scale + shift``.
+
+    Same arithmetic as PyTorch's CPU eval-mode batch norm (``alpha = w / sqrt(var + eps)``,
+    ``beta = b - mean * alpha``, ``x * alpha + beta``), so outputs agree up to float rounding (bit
+    for bit on the quick-profile ConvNet in our runs, and PGD stays pixel-identical to
+    torchattacks in the tests), but its backward is one vectorised multiply, whereas
+    ``native_batch_norm_backward`` took about a quarter of a PGD step on CPU (measured with
+    torch.profiler on the quick-profile ConvNet).
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        scale = bn.running_var.add(bn.eps).rsqrt()
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach()
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.detach()
+        self.register_buffer("scale", scale.view(-1, 1, 1))       # (C, 1, 1)
+        self.register_buffer("shift", shift.view(-1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+@contextlib.contextmanager
+def batchnorm_as_affine(model: nn.Module):
+    """While an attack runs (model in eval mode), swap each BatchNorm2d that uses running statistics
+    for the equivalent affine map (:class:`_EvalBatchNorm`); the original modules are put back
+    afterwards, also on errors. Hooks registered on BatchNorm modules do not fire meanwhile."""
+    swapped = []
+    if not model.training:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if (type(child) is nn.BatchNorm2d and child.track_running_stats
+                        and child.running_var is not None):
+                    setattr(parent, name, _EvalBatchNorm(child))
+                    swapped.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in reversed(swapped):
+            setattr(parent, name, child)

@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, check_attack_inputs, loss_and_grad, make_generator,
-                    model_device, normalize_direction, project)
+from ._base import (_view, attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
+                    make_generator, model_device, normalize_direction, project)
 from ._losses import loss_fn
 
 
@@ -141,6 +141,6 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
                 robust[idx] = ~fooled
         return out
 
-    with attack_mode(model):
+    with attack_mode(model), batchnorm_as_affine(model):
         out = batched(attack, x0, y, batch_size)
     return out.to(x.device)

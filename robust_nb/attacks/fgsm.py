@@ -14,11 +14,10 @@ Norm: L-inf. Defaults: no random start, ``alpha = eps``. Inputs: images in [0, 1
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from ._base import attack_mode, check_attack_inputs, loss_and_grad, make_generator, model_device, project, \
-    random_start as _random_start
+from ._base import (attack_mode, batchnorm_as_affine, check_attack_inputs, loss_and_grad, make_generator,
+                    model_device, project, random_start as _random_start)
 from ._losses import ce_loss
 
 
@@ -32,7 +31,7 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, random_start: bool 
         raise ValueError(f"alpha must be non-negative, got {alpha}")
     device = model_device(model)
     x0, y = x.detach().to(device), y.to(device)
-    with attack_mode(model):
+    with attack_mode(model), batchnorm_as_affine(model):
         x_adv = _random_start(x0, eps, "linf", make_generator(device, seed)) if random_start else x0
         _, _, grad = loss_and_grad(model, x_adv, ce_loss, y, amp=amp)
         x_adv = project(x_adv + alpha * grad.sign(), x0, eps, "linf")

@@ -29,8 +29,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, check_attack_inputs, loss_and_grad, make_generator,
-                    model_device, normalize_direction, project, random_start as _random_start)
+from ._base import (_view, attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
+                    make_generator, model_device, normalize_direction, project,
+                    random_start as _random_start)
 from ._losses import loss_fn
 
 
@@ -79,7 +80,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
             best_hit = best_hit | hit
         return best
 
-    with attack_mode(model):
+    with attack_mode(model), batchnorm_as_affine(model):
         if targeted:
             pairs = torch.stack([y, t], 1)
             out = batched(lambda xb, pb: run(xb, pb[:, 0], pb[:, 1]), x0, pairs, batch_size)
