@@ -109,3 +109,31 @@ def test_bad_input_raises(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         mixup_batch(**args)
+
+
+def test_mixup_composes_with_adversarial_training(mnist):
+    # The trainer mixes the *perturbed* batch: perturb() first, then mixup_batch. A PGD trainer
+    # with mixup_alpha > 0 must therefore feed the model blends of adversarial examples.
+    from robust_nb.training.adversarial import AdversarialTraining
+
+    class Recording(AdversarialTraining):
+        def perturb(self, x, y):
+            self.adv = super().perturb(x, y)
+            return self.adv
+
+    x, y = mnist.train[0][::50], mnist.train[1][::50]  # 80 images, every class
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    seen = []
+    model.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    trainer = Recording(model, epochs=1, lr=0.05, batch_size=80, eps=0.1, alpha=0.05, steps=1,
+                        mixup_alpha=1.0, seed=0, quiet=True)
+    trainer.fit((x, y))
+    fed = seen[-1]                       # the last forward of the step: the training forward
+    adv = trainer.adv
+    assert not torch.equal(adv, fed)     # mixing happened...
+    # ...and replaying the trainer's mixup generator (seeded seed + 1) on the adversarial batch
+    # gives exactly what the model was fed: mixup of the perturbed inputs.
+    replay = torch.Generator().manual_seed(trainer.seed + 1)
+    expected, _ = mixup_batch(adv, torch.zeros(len(adv), dtype=torch.long), 1.0, 10, generator=replay)
+    assert torch.allclose(fed, expected, atol=1e-6)
