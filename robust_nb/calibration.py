@@ -344,6 +344,8 @@ def fit_temperature(logits, labels, *, max_iter: int = 100,
     y = labels.cpu()
     if bool((y < 0).any()) or bool((y >= z.shape[1]).any()):
         raise ValueError(f"labels must lie in [0, {z.shape[1]})")
+    if not (len(bounds) == 2 and 0 < bounds[0] < bounds[1] < math.inf):
+        raise ValueError(f"bounds must be (low, high) with 0 < low < high < inf, got {bounds!r}")
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",

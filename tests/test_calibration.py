@@ -295,6 +295,8 @@ def test_fit_temperature_rejects_bad_input():
         fit_temperature(torch.full((5, 3), float("nan")), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         fit_temperature(torch.zeros(5, 3), torch.full((5,), 3))
+    with pytest.raises(ValueError, match="bounds"):
+        fit_temperature(torch.zeros(5, 3), torch.zeros(5, dtype=torch.long), bounds=(2.0, 1.0))
 
 
 def test_summary_table_lists_every_model_and_metric(real_outputs):
