@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchvision.ops import drop_block2d as tv_drop_block2d
 
 from robust_nb.models import (DropBlock2d, DropBlockSchedule, blocks_from_seeds, build_model,
-                              drop_block2d, dropblock_gamma, dropblock_mask)
+                              drop_block2d, dropblock_drop_rate, dropblock_gamma, dropblock_mask)
 
 
 def _gen(seed=0):
@@ -90,6 +90,7 @@ def test_dropped_fraction_matches_the_exact_expectation_and_torchvision(p, k, si
         assert overall == pytest.approx(expected.mean().item(), abs=5 * math.sqrt(0.25 / n / size))
     # Overlaps and the border make the realised fraction a bit lower than the target p.
     assert 0.5 * p < expected.mean().item() <= p
+    assert dropblock_drop_rate(p, k, size, size) == pytest.approx(expected.mean().item(), rel=1e-5)
 
 
 def test_kept_units_are_rescaled_by_count_over_ones():

@@ -17,15 +17,16 @@ from torch import nn
 
 from .convnet import ConvNet
 from .layers import (REGULARIZATIONS, DropBlock2d, DropBlockSchedule, Normalize, SqueezeExcitation,
-                     blocks_from_seeds, check_regularization, drop_block2d, dropblock_gamma,
-                     dropblock_mask)
+                     blocks_from_seeds, check_regularization, drop_block2d, dropblock_drop_rate,
+                     dropblock_gamma, dropblock_mask)
 from .resnet import ResNet, preact_resnet, resnet, se_resnet, wide_resnet
-from .summary import (count_flops, count_parameters, feature_shapes, layer_gradient_norms,
-                      se_gates, summarize)
+from .summary import (count_flops, count_parameters, feature_maps, feature_shapes,
+                      layer_gradient_norms, se_gates, summarize)
 
 __all__ = ["build_model", "available_models", "for_config", "Normalize", "DropBlock2d",
-           "DropBlockSchedule", "drop_block2d", "dropblock_gamma", "dropblock_mask", "blocks_from_seeds", "SqueezeExcitation", "ConvNet",
-           "ResNet", "REGULARIZATIONS", "count_parameters", "count_flops", "feature_shapes",
+           "DropBlockSchedule", "drop_block2d", "dropblock_gamma", "dropblock_drop_rate",
+           "dropblock_mask", "blocks_from_seeds", "SqueezeExcitation", "ConvNet", "ResNet",
+           "REGULARIZATIONS", "count_parameters", "count_flops", "feature_maps", "feature_shapes",
            "layer_gradient_norms", "se_gates", "summarize"]
 
 _FIXED = ("convnet", "resnet18", "resnet34", "resnet50", "resnet101", "preact_resnet18",
@@ -98,12 +99,13 @@ def for_config(cfg, data, name: str | None = None, regularization: str | None = 
     """Build ``name or cfg.model`` for ``data`` (classes, channels, mean/std) at the profile's size.
 
     The ConvNet gets ``filters=cfg.convnet_filters``, the ResNet family ``width=cfg.width``;
-    ``overrides`` go to :func:`build_model` (e.g. ``drop_prob=0.2``). The model is moved to
-    ``cfg.device``.
+    Dropout / DropBlock use ``cfg.drop_prob`` and ``cfg.block_size``. ``overrides`` go to
+    :func:`build_model` (e.g. ``drop_prob=0.2``). The model is moved to ``cfg.device``.
     """
     name = name or cfg.model
     kw = dict(num_classes=data.num_classes, in_channels=data.in_channels,
-              regularization=regularization, mean=data.mean, std=data.std)
+              regularization=regularization, mean=data.mean, std=data.std,
+              drop_prob=cfg.drop_prob, block_size=cfg.block_size)
     if name.lower() == "convnet":
         kw["filters"] = tuple(cfg.convnet_filters)
     else:

@@ -70,6 +70,25 @@ def dropblock_gamma(drop_prob: float, block_size: int, height: int, width: int) 
     return min(1.0, drop_prob / block_size**2 * (height * width) / valid)
 
 
+def dropblock_drop_rate(drop_prob: float, block_size: int, height: int, width: int) -> float:
+    """The expected fraction of units DropBlock drops on an ``height x width`` map (exact).
+
+    Unit (i, j) is covered by ``n(i, j) = r(i) * c(j)`` in-map blocks (r, c: how many anchor rows
+    / columns reach it), each seeded independently with probability gamma, so it is dropped with
+    probability ``1 - (1 - gamma) ** n(i, j)``. Overlapping blocks and the border make this
+    lower than ``drop_prob``; the paper's gamma is the first-order approximation that ignores them.
+    """
+    k = min(block_size, height, width)
+    gamma = dropblock_gamma(drop_prob, k, height, width)
+
+    def reach(i: int, n: int) -> int:                  # anchors a in [0, n-k] with a <= i <= a+k-1
+        return min(i, n - k) - max(0, i - k + 1) + 1
+
+    total = sum(1 - (1 - gamma) ** (reach(i, height) * reach(j, width))
+                for i in range(height) for j in range(width))
+    return total / (height * width)
+
+
 def drop_block2d(x: Tensor, drop_prob: float, block_size: int, *, training: bool = True,
                  generator: torch.Generator | None = None) -> Tensor:
     """DropBlock on a batch of feature maps ``x`` of shape (B, C, H, W) (Ghiasi et al. 2018, Alg. 1).

@@ -135,3 +135,21 @@ def se_gates(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
         for h in hooks:
             h.remove()
     return gates
+
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, x: Tensor, name: str) -> Tensor:
+    """The output of submodule ``name`` (e.g. ``"stage1"``) on ``x``, in eval mode (restored)."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        raise ValueError(f"no submodule named {name!r}; the model has {list(modules)[1:12]} ...")
+    out: list[Tensor] = []
+    hook = modules[name].register_forward_hook(lambda _m, _i, o: out.append(o.detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was_training)
+        hook.remove()
+    return out[0]
