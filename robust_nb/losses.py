@@ -54,7 +54,9 @@ def mixup_batch(x: Tensor, y: Tensor, alpha: float, num_classes: int,
 
     Randomness: from ``generator`` if given (lam and the permutation are drawn on the generator's
     device and moved to ``x``'s device), else from torch's default generator of ``x``'s device.
-    No host synchronisation: lam stays a 0-d tensor.
+    No host synchronisation: lam stays a 0-d tensor. (The Gamma draw behind lam has CPU and CUDA
+    kernels; on another backend pass a CPU generator -- only lam and the permutation are drawn
+    there, then moved.)
 
     >>> x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     >>> xm, t = mixup_batch(x, y, alpha=1.0, num_classes=10, generator=torch.Generator().manual_seed(0))
