@@ -10,8 +10,9 @@ from torch import nn
 
 import robust_nb as rnb
 from robust_nb.models import (DropBlock2d, Normalize, SqueezeExcitation, available_models,
-                              build_model, count_flops, count_parameters, feature_shapes,
-                              for_config)
+                              build_model, count_flops, count_parameters, feature_maps,
+                              feature_shapes, for_config, layer_gradient_norms, se_gates,
+                              summarize)
 
 # Standard CIFAR definitions, 3 input channels, 10 classes. ResNet-18/34/50 as in
 # kuangliu/pytorch-cifar; PreAct-ResNet-18 with the final BN (locuslab/fast_adversarial);
@@ -184,3 +185,40 @@ def test_for_config_uses_the_profile_sizes_and_the_dataset_statistics():
     assert resnet.fc.out_features == 7
     assert resnet.stages[0][0].conv1.out_channels == round(64 * cfg.width)
     assert [m.drop_prob for m in resnet.modules() if isinstance(m, DropBlock2d)] == [0.2, 0.2]
+
+
+def test_summarize_on_the_meta_device_matches_a_real_model():
+    real = build_model("wrn_16_4", 10, 1, width=0.25)
+    assert summarize("wrn_16_4", (1, 28, 28), width=0.25) == {
+        "model": "wrn_16_4", "params": count_parameters(real), "flops": count_flops(real, (1, 28, 28))}
+
+
+def test_layer_gradient_norms_match_autograd_and_leave_grads_and_mode_alone():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, 1, width=0.125).eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    norms = layer_gradient_norms(model, x, y)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert len(norms) == 18 and list(norms)[0] == "stem.0" and list(norms)[-1] == "fc"
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert norms["fc"] == pytest.approx(model.fc.weight.grad.norm().item(), rel=1e-4)
+    assert norms["stem.0"] == pytest.approx(model.stem[0].weight.grad.norm().item(), rel=1e-4)
+
+
+def test_se_gates_and_feature_maps_read_the_right_tensors():
+    torch.manual_seed(0)
+    model = build_model("se_resnet18", 10, 1, width=0.25).eval()
+    x = torch.rand(3, 1, 28, 28)
+    gates = se_gates(model, x)
+    assert len(gates) == 8 and gates["stages.3.1.se"].shape == (3, 128)
+    feats = feature_maps(model, x, "stages.3.0")                  # input of the last block
+    block = model.stages[3][1]
+    with torch.no_grad():
+        branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(feats)))))
+        expected = torch.sigmoid(block.se.fc2(torch.relu(block.se.fc1(branch.mean((2, 3))))))
+    torch.testing.assert_close(gates["stages.3.1.se"], expected)
+    with pytest.raises(ValueError, match="squeeze-and-excitation"):
+        se_gates(build_model("resnet18", width=0.125), torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="no submodule"):
+        feature_maps(model, x, "stage9")
