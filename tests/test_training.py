@@ -333,3 +333,26 @@ def test_train_method_validates_the_method_name(mnist):
     cls, kwargs = RECIPES["classical"](cfg)
     assert cls is ClassicalTraining and kwargs["epochs"] == cfg.epochs
     assert RECIPES["mixup"](cfg)[1]["mixup_alpha"] == cfg.mixup_alpha
+
+
+def test_presets_build_trainers_and_reject_unknown_names():
+    from robust_nb.training import PRESETS, preset
+
+    for name in PRESETS:
+        trainer = ClassicalTraining(tiny_model(), **preset(name, epochs=2))
+        assert trainer.epochs == 2 and trainer.optimizer_name == "sgd"
+    assert preset("self_study")["lr"] == 0.03 and preset("self_study")["batch_size"] == 64
+    assert preset("cifar_resnet")["schedule"] == "piecewise"
+    with pytest.raises(ValueError, match="self_study"):
+        preset("imagenet")
+
+
+def test_confusion_matrix_counts_match_hand_computed():
+    from robust_nb.plots import confusion_matrix
+
+    y_true = torch.tensor([0, 0, 1, 2, 2, 2])
+    y_pred = torch.tensor([0, 1, 1, 2, 0, 2])
+    _, counts = confusion_matrix(y_true, y_pred, ("a", "b", "c"))
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    with pytest.raises(ValueError, match="same length"):
+        confusion_matrix(y_true, y_pred[:3], ("a", "b", "c"))

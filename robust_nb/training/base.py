@@ -115,6 +115,9 @@ class ClassicalTraining:
             :mod:`robust_nb.training.schedules`), after ``warmup_epochs`` of linear warm-up.
         label_smoothing: Szegedy et al. 2016 (https://arxiv.org/abs/1512.00567).
         augment: ``DeviceLoader`` augmentation: "none", "crop", "flip", "crop+flip".
+        crop_padding: zero padding before the random crop; ``None`` = 4 pixels for images of
+            32 pixels and more (the CIFAR standard of He et al. 2016 and the robust-training
+            papers), 2 for smaller ones (28-pixel digits).
         ema_decay: per-step EMA decay of weights and BN buffers; 0 disables it.
         amp: ``None`` = automatic: bf16 on CUDA GPUs that support it, else fp16 with a gradient
             scaler; bf16 on CPUs with native bf16 instructions (AVX512-BF16 or AMX), where one
@@ -149,7 +152,7 @@ class ClassicalTraining:
                  grad_clip: float | None = None, mixup_alpha: float = 0.0, seed: int = 0,
                  checkpoint: str | Path | None = None, log_every: int = 50, quiet: bool = False,
                  callbacks: Sequence[Callable[[int], None]] = (), num_classes: int | None = None,
-                 eval_batch_size: int = 500):
+                 eval_batch_size: int = 500, crop_padding: int | None = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if int(epochs) != epochs or epochs < 1:
@@ -176,6 +179,9 @@ class ClassicalTraining:
             raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
         if not mixup_alpha >= 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixup), got {mixup_alpha}")
+        if crop_padding is not None and (int(crop_padding) != crop_padding or crop_padding < 0):
+            raise ValueError(f"crop_padding must be a non-negative integer or None, "
+                             f"got {crop_padding}")
         if int(log_every) != log_every or log_every < 1:
             raise ValueError(f"log_every must be a positive integer, got {log_every}")
         for cb in callbacks:
@@ -196,6 +202,7 @@ class ClassicalTraining:
         self.log_every, self.quiet = int(log_every), bool(quiet)
         self.callbacks = list(callbacks)
         self.num_classes, self.eval_batch_size = num_classes, int(eval_batch_size)
+        self.crop_padding = crop_padding
 
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -259,7 +266,7 @@ class ClassicalTraining:
             "label_smoothing": self.label_smoothing, "augment": self.augment,
             "ema_decay": self.ema_decay, "amp": amp, "channels_last": self.channels_last,
             "grad_clip": self.grad_clip, "mixup_alpha": self.mixup_alpha, "seed": self.seed,
-            "eval_batch_size": self.eval_batch_size,
+            "eval_batch_size": self.eval_batch_size, "crop_padding": self.crop_padding,
             "callbacks": [_callback_name(cb) for cb in self.callbacks],
         }
 
@@ -327,8 +334,10 @@ class ClassicalTraining:
         if self.num_classes is None:   # for mixup's one-hot targets: the model's output width
             self.num_classes = (train.num_classes if isinstance(train, Dataset)
                                 else self._output_width(x_train[:1]))
+        padding = (self.crop_padding if self.crop_padding is not None
+                   else 4 if x_train.shape[-1] >= 32 else 2)
         loader = DeviceLoader(x_train, y_train, self.batch_size, augment=self.augment,
-                              seed=self.seed, device=self.device)
+                              padding=padding, seed=self.seed, device=self.device)
         if val_pair is not None:
             val_pair = (val_pair[0].to(self.device), val_pair[1].to(self.device))
         with self._rng_context():
@@ -421,7 +430,7 @@ class ClassicalTraining:
         if not bool(bad.any()):
             return
         step = start + int(bad.nonzero()[0])
-        last = [round(v, 4) for v in losses[max(0, step - 5):step + 1].tolist()]
+        last = losses[max(0, step - 5):step + 1].tolist()
         global_step = self.global_step - (stop - step)
         ckpt = (f"The last good checkpoint ({self.checkpoint}, {self.epoch} epoch(s)) is intact; "
                 f"resume from it after changing a setting." if self.checkpoint is not None
@@ -429,7 +438,8 @@ class ClassicalTraining:
         raise TrainingDiverged(
             f"training diverged: the loss became {last[-1]} at epoch {epoch} (0-based), step "
             f"{step} of {len(losses)} (global step {global_step}, lr "
-            f"{self._lr_at(global_step, len(losses)):.4g}); last losses {last}. Try a smaller "
+            f"{self._lr_at(global_step, len(losses)):.4g}); last losses "
+            f"[{', '.join(f'{v:.4g}' for v in last)}]. Try a smaller "
             f"learning rate (lr={self.lr:g} now), a warm-up (warmup_epochs=1), gradient clipping "
             f"(grad_clip=1.0), or amp=False. {ckpt}",
             epoch=epoch, step=step, global_step=global_step, losses=last)
