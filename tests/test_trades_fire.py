@@ -93,7 +93,8 @@ def test_trainer_trains_on_adversarial_inputs(mnist, cls):
     trainer = _trainer(cls, model, batch_size=128)
     trainer.fit((x, y))
     handle.remove()
-    crafting = [inp for train, inp in calls if not train]
+    # (The loop may also run the model in eval mode on a single image, to size its outputs.)
+    crafting = [inp for train, inp in calls if not train and len(inp) == len(x)]
     training = [inp for train, inp in calls if train]
     # One batch: 1 clean + STEPS attack forwards in eval mode, then the clean and the
     # adversarial batch in train mode (the per-epoch evaluation here has no val set).
