@@ -187,7 +187,8 @@ def fire_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float,
 
 
 def fisher_rao_penalty(logits_p: Tensor, logits_q: Tensor, stability: float = 1e-6) -> Tensor:
-    """Per-sample ``arccos(BC - stability)^2`` between softmax(logits_p) and softmax(logits_q), (B,).
+    """Per-sample ``arccos(BC - stability)^2``, shape (B,), between softmax(logits_p) and
+    softmax(logits_q).
 
     FIRE's regulariser (and the loss its inner attack ascends); see :func:`fire_loss`.
     """

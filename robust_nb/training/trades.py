@@ -101,7 +101,8 @@ class TradesTraining(ClassicalTraining):
             raise ValueError(f"{type(self).__name__} defines its own objective; mixup_alpha and "
                              "label_smoothing are not supported")
         super().__init__(model, **kwargs)
-        self.eps, self.alpha, self.steps, self.beta = float(eps), float(alpha), int(steps), float(beta)
+        self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
+        self.beta = float(beta)
         self.noise_generator = torch.Generator(device=self.device)
         self.noise_generator.manual_seed(self.seed + 2)
 
