@@ -61,7 +61,6 @@ class Config:
     restarts: int                # random restarts at evaluation time
     square_queries: int          # Square Attack query budget inside AutoAttack
     apgd_steps: int              # APGD/FAB iterations inside AutoAttack (paper: 100)
-    apgd_steps: int              # APGD/FAB iterations inside AutoAttack (paper: 100)
     n_attack: int                # how many test images are attacked in evaluations
     # -- robust training ---------------------------------------------------------------------
     adv_epochs: int              # epochs of every robust training method
