@@ -52,6 +52,7 @@ class Config:
     lr: float                    # peak learning rate (SGD, momentum 0.9)
     weight_decay: float
     ema_decay: float             # EMA of the weights, per step; 0 disables it
+    shift_pixels: int            # largest test-image shift in notebook 03's augmentation check
     # -- threat models (pixel space, images in [0, 1]) --------------------------------------
     eps_linf: float
     alpha_linf: float            # PGD step size, L-inf
@@ -94,7 +95,7 @@ _PROFILES: dict[str, dict] = {
         dataset="mnist-5k", image_size=28, in_channels=1, num_classes=10, augment="crop",
         model="convnet", convnet_filters=(8, 16, 32, 64), resnet="resnet18", width=0.25,
         drop_prob=0.1, block_size=3,
-        epochs=4, batch_size=64, lr=0.05, weight_decay=5e-4, ema_decay=0.95,
+        epochs=4, batch_size=64, lr=0.05, weight_decay=5e-4, ema_decay=0.95, shift_pixels=3,
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
         adv_epochs=6, adv_steps=5, trades_beta=6.0, fire_beta=20.0,
@@ -105,7 +106,7 @@ _PROFILES: dict[str, dict] = {
         dataset="cifar10", image_size=32, in_channels=3, num_classes=10, augment="crop+flip",
         model="preact_resnet18", convnet_filters=(64, 128, 256, 512), resnet="resnet18", width=1.0,
         drop_prob=0.1, block_size=3,
-        epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, ema_decay=0.999,
+        epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, ema_decay=0.999, shift_pixels=4,
         eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
         attack_steps=20, restarts=1, square_queries=5000, apgd_steps=100, n_attack=1000,
         adv_epochs=100, adv_steps=10, trades_beta=6.0, fire_beta=20.0,

@@ -257,7 +257,8 @@ def test_bf16_autocast_trains_like_fp32(small):
         runs[amp] = trainer.fit(small[0], val=small[1])
         assert trainer.config_dict()["amp"] == (amp or None)
     bf16, fp32 = runs["bf16"], runs[False]
-    assert bf16["loss"][-1] < bf16["loss"][0] - 0.15                # it learns
+    assert all(b < a for a, b in zip(bf16["loss"], bf16["loss"][1:]))   # it learns
+    assert bf16["loss"][-1] < bf16["loss"][0] - 0.05
     assert bf16["loss"] == pytest.approx(fp32["loss"], abs=0.05)    # as fp32 does
     assert bf16.last["val_acc"] == pytest.approx(fp32.last["val_acc"], abs=0.1)
 
