@@ -12,7 +12,6 @@ which is why they still work against models whose CE gradients vanish through hu
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
