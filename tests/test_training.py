@@ -357,3 +357,26 @@ def test_confusion_matrix_counts_match_hand_computed():
     assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     with pytest.raises(ValueError, match="same length"):
         confusion_matrix(y_true, y_pred[:3], ("a", "b", "c"))
+
+
+def test_weight_ema_matches_torch_averaged_model():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from robust_nb.training.ema import WeightEMA
+
+    model = tiny_model()
+    ours = WeightEMA(model, 0.7)
+    ref = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.7), use_buffers=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):   # perturb weights and BN statistics as training would, then average
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.is_floating_point():
+                    t.add_(torch.randn(t.shape, generator=g))
+        ours.update(model)
+        ref.update_parameters(model)
+    a, b = ours.module.state_dict(), ref.module.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if a[k].is_floating_point())
+    assert ours.n_averaged == 4
+    with pytest.raises(ValueError, match="decay"):
+        WeightEMA(model, 1.0)

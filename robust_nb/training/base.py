@@ -31,12 +31,12 @@ the *first* non-finite step, read back from the device buffer, and no checkpoint
 the failed epoch, so the last good one stays intact.
 
 EMA: ``ema = decay * ema + (1 - decay) * weights`` after every optimizer step, over parameters
-and buffers (BatchNorm running statistics), with ``torch.optim.swa_utils.AveragedModel`` and
-``get_ema_multi_avg_fn`` (``use_buffers=True``); the first update copies the weights. Evaluation,
-``eval_model`` and saving use the EMA copy when ``ema_decay > 0``. This is the weight averaging
-of Polyak & Juditsky (1992) in its exponential form, as used e.g. by Gowal et al., "Uncovering
-the limits of adversarial training against norm-bounded adversarial examples", 2020,
-https://arxiv.org/abs/2010.03593.
+and BatchNorm running statistics (:class:`~robust_nb.training.ema.WeightEMA`: what
+``AveragedModel`` with ``get_ema_multi_avg_fn`` and ``use_buffers=True`` computes, without its
+per-step host sync); the first update copies the weights. Evaluation, ``eval_model`` and saving
+use the EMA copy when ``ema_decay > 0``. This is the weight averaging of Polyak & Juditsky (1992)
+in its exponential form, as used e.g. by Gowal et al., "Uncovering the limits of adversarial
+training against norm-bounded adversarial examples", 2020, https://arxiv.org/abs/2010.03593.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..attacks._base import model_device
 from ..data import AUGMENTATIONS, Dataset, DeviceLoader, check_images
 from ..evaluation import predict_logits
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save, safe_load
+from .ema import WeightEMA
 from .history import History
 from .schedules import check_schedule, lr_factor
 
@@ -212,8 +212,7 @@ class ClassicalTraining:
         # is a pass-through, so there is one code path.
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
-        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
-                                  use_buffers=True) if self.ema_decay > 0 else None)
+        self.ema = WeightEMA(model, self.ema_decay) if self.ema_decay > 0 else None
         self.mixup_generator = torch.Generator(device=self.device)
         self.mixup_generator.manual_seed(self.seed + 1)
 
@@ -420,7 +419,7 @@ class ClassicalTraining:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self.ema.update(self.model)
         losses[i] = loss.detach()
         correct += (logits.detach().argmax(1) == y).sum()
         self.global_step += 1
