@@ -227,3 +227,17 @@ def test_guard_can_be_disabled(mnist, small, classical):
                                       callbacks=[Collapse(model, 1)])
     history = trainer.fit(strided((x_train, y_train), 256))
     assert history.stopped is None and "guard_pgd_acc" not in history.records[-1]
+
+
+def test_guard_state_survives_a_checkpoint(mnist, small, classical, tmp_path):
+    (x_train, y_train), _ = small
+    train = strided((x_train, y_train), 128)
+    first = FastAdversarialTraining(convnet(mnist), epochs=2, eps=EPS, checkpoint=tmp_path / "c.pt",
+                                    **COMMON)
+    first.fit(train)
+    resumed = FastAdversarialTraining(convnet(mnist, seed=1), epochs=2, eps=EPS,
+                                      checkpoint=tmp_path / "c.pt", **COMMON)
+    resumed.load_checkpoint(tmp_path / "c.pt")
+    assert resumed._guard_prev == first._guard_prev and resumed._best_epoch == first._best_epoch
+    for k, v in first._best_state["model"].items():
+        torch.testing.assert_close(resumed._best_state["model"][k], v)

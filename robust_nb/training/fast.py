@@ -129,7 +129,7 @@ class FastAdversarialTraining(AdversarialMethod):
                 f"catastrophic overfitting caught at epoch {epoch + 1}: PGD accuracy on a training "
                 f"batch fell from {self._guard_prev:.0%} to {acc:.0%}; training stopped and the "
                 f"weights of epoch {self._best_epoch + 1} (the last before the collapse) restored")
-            warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=2)
+            warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=4)   # at the fit() call
             return
         self._guard_prev, self._best_epoch = acc, epoch
         self._best_state = self._snapshot()
