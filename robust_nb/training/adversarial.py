@@ -94,10 +94,10 @@ class AdversarialMethod(ClassicalTraining):
         norm: ``"linf"`` or ``"l2"``.
         bn_mode: BatchNorm while crafting, ``"eval"`` or ``"train"`` (see the module docstring).
         robust_val: if > 0 and a validation set is given, the PGD accuracy of the evaluation
-            model on the first ``robust_val`` validation images is recorded after every epoch as
-            ``val_robust_acc`` (PGD with ``robust_val_steps`` steps of size eps/4 and a random
-            start, at this method's eps and norm), so robustness can be followed during training.
-            The images are evenly spaced through the validation set.
+            model on ``robust_val`` validation images (evenly spaced through the set) is recorded
+            after every epoch as ``val_robust_acc`` (PGD with ``robust_val_steps`` steps of size
+            eps/4 and a random start, at this method's eps and norm), so robustness can be
+            followed during training.
         robust_val_steps: steps of that PGD.
 
     Subclasses implement :meth:`craft`. Each batch's attack gets its own seed, derived from
