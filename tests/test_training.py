@@ -313,7 +313,8 @@ def test_load_or_train_trains_once_then_loads(small, tmp_path):
     m1, h1 = load_or_train(Counted, tiny_model, small[0], small[1], **kw)
     m2, h2 = load_or_train(Counted, tiny_model, small[0], small[1], **kw)
     assert len(fits) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert h1 == h2 and not m2.training
     load_or_train(Counted, tiny_model, small[0], small[1], **dict(kw, lr=0.06))
     assert len(fits) == 2 and len(list(tmp_path.glob("*.pt"))) == 2   # new key, new entry

@@ -192,7 +192,8 @@ class ClassicalTraining:
         self.model = model
         self.device = model_device(model)
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
-        self.optimizer_name, self.momentum, self.nesterov = optimizer, float(momentum), bool(nesterov)
+        self.optimizer_name = optimizer
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.weight_decay, self.schedule = float(weight_decay), schedule
         self.warmup_epochs, self.label_smoothing = int(warmup_epochs), float(label_smoothing)
         self.augment, self.ema_decay = augment, float(ema_decay)
@@ -312,7 +313,9 @@ class ClassicalTraining:
         # Dropout/DropBlock draw from the global generator: fork it so that fit() is
         # reproducible from `seed` and leaves the caller's generator as it found it.
         if self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            index = self.device.index
+            if index is None:
+                index = torch.cuda.current_device()
             return torch.random.fork_rng(devices=[index], device_type="cuda")
         return torch.random.fork_rng(devices=[])
 

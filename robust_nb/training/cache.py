@@ -67,7 +67,8 @@ def cache_key(model: nn.Module, method: str, config: dict, train, val=None, *,
     payload = {
         "model": repr(model), "shapes": shapes, "method": method, "config": config,
         "train": [tensor_fingerprint(t) for t in _data_pair(train, "train")],
-        "val": [tensor_fingerprint(t) for t in _data_pair(val, "test")] if val is not None else None,
+        "val": ([tensor_fingerprint(t) for t in _data_pair(val, "test")]
+                if val is not None else None),
         "profile": profile if profile is not None else resolve_profile()[0],
         "extra": key_extra,
     }

@@ -38,7 +38,8 @@ class WeightEMA:
         ours = list(self.module.parameters()) + list(self.module.buffers())
         theirs = list(model.parameters()) + list(model.buffers())
         if len(ours) != len(theirs):
-            raise ValueError("the model no longer matches its EMA copy (tensors were added or removed)")
+            raise ValueError("the model no longer matches its EMA copy "
+                             "(tensors were added or removed)")
         if self.n_averaged == 0:
             torch._foreach_copy_(ours, [t.detach() for t in theirs])
         else:

@@ -1,4 +1,4 @@
-"""Named training recipes, so that every notebook asking for the same model gets the same cache entry.
+"""Named training recipes: every notebook asking for the same model gets the same cache entry.
 
 ``RECIPES[name](cfg) -> (trainer class, keyword arguments)`` reads every hyperparameter from the
 ``Config``; :func:`train_method` builds the model with ``rnb.models.for_config`` (seeded), then

@@ -31,7 +31,7 @@ def check_schedule(name: str) -> None:
 
 
 def lr_factor(name: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:
-    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based) of ``total_steps``."""
     check_schedule(name)
     if total_steps < 1:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
