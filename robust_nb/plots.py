@@ -148,8 +148,9 @@ def method_comparison(table, metrics=("clean", "pgd", "autoattack"), time_key: s
         xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(names))]
         ax.bar(xs, [rows[n][m] for n in names], width, label=m)
     ax.set_xticks(range(len(names)), names)
-    ax.set(ylabel="accuracy", ylim=(0, 1), title="accuracy on the test subset")
-    ax.legend(ncols=len(metrics), fontsize=9, loc="upper right")
+    ax.set(ylabel="accuracy", ylim=(0, 1.15), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0],
+           title="accuracy on the test subset")
+    ax.legend(ncols=len(metrics), fontsize=9, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
     ax_t.barh(names, [rows[n][time_key] for n in names], color="tab:gray")
     ax_t.invert_yaxis()
