@@ -70,6 +70,7 @@ class Config:
     fire_beta: float             # FIRE regularization weight (the authors' configs: 20)
     trades_betas: tuple          # the TRADES beta sweep of notebook 06
     trades_sweep_epochs: int     # epochs of each model of that sweep
+    n_autoattack: int            # test images attacked by AutoAttack in notebook 07's comparison
     # -- mixup and calibration ---------------------------------------------------------------
     mixup_alpha: float           # Beta(alpha, alpha) for mixup
     calibration_bins: int
@@ -99,7 +100,7 @@ _PROFILES: dict[str, dict] = {
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
         adv_epochs=6, adv_steps=5, trades_beta=6.0, fire_beta=20.0,
-        trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=1,
+        trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=1, n_autoattack=50,
         mixup_alpha=1.0, calibration_bins=15,
     ),
     "full": dict(
@@ -110,7 +111,7 @@ _PROFILES: dict[str, dict] = {
         eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
         attack_steps=20, restarts=1, square_queries=5000, apgd_steps=100, n_attack=1000,
         adv_epochs=100, adv_steps=10, trades_beta=6.0, fire_beta=20.0,
-        trades_betas=(0.0, 1.0, 3.0, 6.0, 12.0), trades_sweep_epochs=100,
+        trades_betas=(0.0, 1.0, 3.0, 6.0, 12.0), trades_sweep_epochs=100, n_autoattack=1000,
         mixup_alpha=1.0, calibration_bins=15,
     ),
 }
