@@ -121,13 +121,15 @@ def test_square_eta_profile_and_p_schedule_match_reference():
 
 # -- the attack contract -----------------------------------------------------------------------
 
+# Square gets 200 queries: at these eps it then breaks 5-9 of the 24 points for every seed tried
+# (with 60 it broke 0-2, too few for "it does break some points" to hold on every CPU).
 ATTACKS = {
     "fab": lambda m, x, y, eps, norm, seed=0, **kw: fab(
         m, x, y, eps, norm=norm, steps=5, n_target_classes=2, restarts=2, seed=seed, **kw),
     "fab-untargeted": lambda m, x, y, eps, norm, seed=0, **kw: fab(
         m, x, y, eps, norm=norm, targeted=False, steps=5, restarts=2, seed=seed, **kw),
     "square": lambda m, x, y, eps, norm, seed=0, **kw: square(
-        m, x, y, eps, norm=norm, queries=60, restarts=2, seed=seed, **kw),
+        m, x, y, eps, norm=norm, queries=200, restarts=2, seed=seed, **kw),
 }
 
 
