@@ -9,19 +9,16 @@ from torch import Tensor, nn
 
 from .attacks._base import model_device
 from .data import check_images
+from .modes import model_mode
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
     """Logits of ``model`` on ``x`` in eval mode (the model's mode is restored), on x's device."""
     check_images(x)
-    was_training = model.training
-    model.eval()
     device = model_device(model)
-    try:
+    with model_mode(model, training=False):
         out = [model(x[i:i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out).to(x.device)
 
 

@@ -1,8 +1,9 @@
 """Bookkeeping shared by every attack, so each attack file holds only its algorithm.
 
-* :func:`check_attack_inputs` validates images, labels and eps with clear errors.
+* :func:`check_attack_inputs` validates images, labels and eps with clear errors;
+  :func:`check_labels` checks labels against the model's number of classes.
 * :func:`attack_mode` puts the model in eval mode for the attack and restores its train/eval mode
-  and its parameters' ``requires_grad`` afterwards. Attacks take gradients with
+  (module by module) and its parameters' ``requires_grad`` afterwards. Attacks take gradients with
   ``torch.autograd.grad`` with respect to the input only, so parameters' ``.grad`` are untouched.
 * :func:`batched` runs an attack on large inputs in chunks.
 * :func:`project` / :func:`clip_to_ball` keep a point inside the eps-ball and [0, 1].
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import check_images
+from ..modes import model_mode
 
 NORMS = ("linf", "l2")
 
@@ -32,6 +34,13 @@ def check_attack_inputs(model: nn.Module, x: Tensor, y: Tensor, eps: float | Non
         raise ValueError(f"eps must be a finite non-negative number, got {eps}")
     if norm is not None and norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+
+
+def check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> None:
+    """ValueError unless every label is a class index of a ``num_classes``-way model (one sync)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} must lie in [0, {num_classes - 1}] for this model, got values in "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -50,17 +59,15 @@ def attack_mode(model: nn.Module):
     Freezing the parameters means the attack's backward passes compute input gradients only
     (faster, and no ``.grad`` is ever written to a parameter).
     """
-    was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with model_mode(model, training=False):
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def batched(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,

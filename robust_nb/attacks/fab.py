@@ -40,15 +40,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, check_attack_inputs, lp_norm, make_generator,
-                    model_device)
-
-
-def check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> None:
-    """ValueError unless every label is a class index of a ``num_classes``-way model (one sync)."""
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes - 1}] for this model, got values in "
-                         f"[{labels.min().item()}, {labels.max().item()}]")
+from ._base import (_view, attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
+                    make_generator, model_device)
 
 
 def fab(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",

@@ -46,10 +46,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, check_attack_inputs, lp_norm, make_generator,
-                    model_device)
+from ._base import (_view, attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
+                    make_generator, model_device)
 from ._losses import ce_loss, margin
-from .fab import check_labels
 
 LOSSES = ("margin", "ce")
 

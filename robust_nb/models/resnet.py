@@ -44,6 +44,14 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def _shortcut(cin: int, cout: int, stride: int, residual: bool) -> nn.Module:
+    """Identity, or a strided 1x1 conv + BN where the block changes the shape (He et al. 2016,
+    option B); an empty ``Sequential`` (identity) also in plain, shortcut-free blocks."""
+    if residual and (stride != 1 or cin != cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    return nn.Sequential()
+
+
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN (+SE) plus a shortcut, then ReLU (He et al. 2016, Fig. 2)."""
 
@@ -59,10 +67,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.se = SqueezeExcitation(cout, se_reduction) if se_reduction else nn.Identity()
         self.residual = residual
-        self.shortcut = nn.Sequential()
-        if residual and (stride != 1 or cin != cout):
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+        self.shortcut = _shortcut(cin, cout, stride, residual)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -89,10 +94,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(cout)
         self.se = SqueezeExcitation(cout, se_reduction) if se_reduction else nn.Identity()
         self.residual = residual
-        self.shortcut = nn.Sequential()
-        if residual and (stride != 1 or cin != cout):
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+        self.shortcut = _shortcut(cin, cout, stride, residual)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

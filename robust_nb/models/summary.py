@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..modes import model_mode
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter entries (buffers such as BN statistics and Normalize's are not counted)."""
@@ -29,13 +31,8 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     element-wise work (BN, activations, pooling). The model's train/eval mode is restored.
     """
     x = _probe(model, input_shape)
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
+    with model_mode(model, training=False), FlopCounterMode(display=False) as counter:
+        model(x)
     return int(counter.get_total_flops())
 
 
@@ -62,12 +59,10 @@ def feature_shapes(model: nn.Module, input_shape: tuple[int, int, int],
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [modules[n].register_forward_hook(
         lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape[1:]))) for n in names]
-    was_training = model.training
-    model.eval()
     try:
-        model(_probe(model, input_shape))
+        with model_mode(model, training=False):
+            model(_probe(model, input_shape))
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return {n: shapes[n] for n in names if n in shapes}
@@ -78,20 +73,22 @@ def layer_gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, fl
 
     One forward/backward pass on ``(x, y)`` in training mode (BatchNorm uses batch statistics, as
     in the first training step). Gradients come from ``torch.autograd.grad``, so the parameters'
-    ``.grad`` are left untouched; the model's mode is restored. Used to compare gradient flow in
+    ``.grad`` are left untouched; the model's mode and its BatchNorm running statistics are restored. Used to compare gradient flow in
     plain and residual networks at initialisation (He et al. 2016, Sec. 4.1).
     """
     layers = [(n, m.weight) for n, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and ".shortcut" not in n]
     if not layers:
         raise ValueError("the model has no Conv2d or Linear layer")
-    was_training = model.training
-    model.train()
+    saved = [(b, b.clone()) for b in model.buffers()]      # BN running stats: put back after
     try:
-        loss = nn.functional.cross_entropy(model(x), y)
-        grads = torch.autograd.grad(loss, [w for _, w in layers])
+        with model_mode(model, training=True):
+            loss = nn.functional.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, [w for _, w in layers])
     finally:
-        model.train(was_training)
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
     norms = torch.stack([g.norm() for g in grads]).tolist()   # one host sync
     return {name: v for (name, _), v in zip(layers, norms)}
 
@@ -126,12 +123,10 @@ def se_gates(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     gates: dict[str, Tensor] = {}
     hooks = [m.gate.register_forward_hook(
         lambda _m, _i, out, n=n: gates.__setitem__(n, out.detach())) for n, m in blocks.items()]
-    was_training = model.training
-    model.eval()
     try:
-        model(x)
+        with model_mode(model, training=False):
+            model(x)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return gates
@@ -145,11 +140,9 @@ def feature_maps(model: nn.Module, x: Tensor, name: str) -> Tensor:
         raise ValueError(f"no submodule named {name!r}; the model has {list(modules)[1:12]} ...")
     out: list[Tensor] = []
     hook = modules[name].register_forward_hook(lambda _m, _i, o: out.append(o.detach()))
-    was_training = model.training
-    model.eval()
     try:
-        model(x)
+        with model_mode(model, training=False):
+            model(x)
     finally:
-        model.train(was_training)
         hook.remove()
     return out[0]

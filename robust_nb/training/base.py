@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from ..attacks._base import model_device
 from ..data import AUGMENTATIONS, Dataset, DeviceLoader, check_images
 from ..evaluation import predict_logits
+from ..modes import model_mode
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save, safe_load
 from .ema import WeightEMA
 from .history import History
@@ -352,11 +353,8 @@ class ClassicalTraining:
 
     @torch.no_grad()
     def _output_width(self, x: Tensor) -> int:
-        was_training = self.model.training
-        try:
-            return self.model.eval()(x.to(self.device)).shape[1]
-        finally:
-            self.model.train(was_training)
+        with model_mode(self.model, training=False):
+            return self.model(x.to(self.device)).shape[1]
 
     def _run(self, loader: DeviceLoader, val_pair) -> None:
         from tqdm.auto import tqdm
