@@ -1,10 +1,11 @@
 import dataclasses
+import os
 
 import pytest
 import torch
 
 import robust_nb as rnb
-from robust_nb.config import PROFILES, _PROFILES, resolve_profile
+from robust_nb.config import PROFILES, _PROFILES, resolve_profile, usable_cpus
 
 
 def test_profile_from_argument_env_and_auto(monkeypatch):
@@ -48,4 +49,18 @@ def test_full_profile_uses_the_papers_settings():
     cfg = rnb.setup("full", verbose=False)
     assert cfg.dataset == "cifar10" and cfg.eps_linf == pytest.approx(8 / 255)
     assert cfg.alpha_fgsm == pytest.approx(10 / 255)
-    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("cpu_max, cap", [("max 100000\n", None), ("150000 100000\n", 2),
+                                          ("50000 100000\n", 1), ("garbage\n", None)])
+def test_usable_cpus_follows_the_cgroup_quota(tmp_path, cpu_max, cap):
+    f = tmp_path / "cpu.max"
+    f.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert usable_cpus(f) == (affinity if cap is None else min(affinity, cap))
+    assert usable_cpus(tmp_path / "missing") == affinity
+
+
+def test_setup_never_raises_the_thread_count_above_what_the_process_may_use():
+    rnb.setup("quick", verbose=False)
+    assert 1 <= torch.get_num_threads() <= usable_cpus()
