@@ -9,11 +9,12 @@ does not depend on them). Timings alternate between the two implementations and 
 times our bf16-autocast mode (worth it only where bf16 is native: CUDA GPUs, CPUs with
 AVX512-BF16/AMX; an AVX2 CPU emulates it, and PGD ran 4x slower than fp32 on one).
 
-Where our speed comes from: during the attack every eval-mode BatchNorm2d is swapped for the equivalent per-channel affine map (``batchnorm_as_affine``),
-whose backward is one multiply instead of ``native_batch_norm_backward`` (about a quarter of a
-PGD step on CPU, by torch.profiler); the outputs stay identical (checked below and in the tests).
-Freezing the parameters alone gains nothing measurable: ``autograd.grad`` w.r.t. the input already
-skips weight gradients.
+Where our speed comes from: during the attack every eval-mode BatchNorm2d is swapped for the
+equivalent per-channel affine map (``batchnorm_as_affine``), whose backward is one multiply
+instead of ``native_batch_norm_backward`` (about a quarter of a PGD step on CPU, by
+torch.profiler); the outputs stay identical (checked below and in the tests). Freezing the
+parameters alone gains nothing measurable: ``autograd.grad`` w.r.t. the input already skips
+weight gradients.
 """
 
 from __future__ import annotations
