@@ -73,8 +73,9 @@ def layer_gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, fl
 
     One forward/backward pass on ``(x, y)`` in training mode (BatchNorm uses batch statistics, as
     in the first training step). Gradients come from ``torch.autograd.grad``, so the parameters'
-    ``.grad`` are left untouched; the model's mode and its BatchNorm running statistics are restored. Used to compare gradient flow in
-    plain and residual networks at initialisation (He et al. 2016, Sec. 4.1).
+    ``.grad`` are left untouched; the model's mode and its BatchNorm running statistics are
+    restored. Used to compare gradient flow in plain and residual networks at initialisation (He
+    et al. 2016, Sec. 4.1).
     """
     layers = [(n, m.weight) for n, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and ".shortcut" not in n]
