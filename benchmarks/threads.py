@@ -1,6 +1,6 @@
 """How many torch threads suit this CPU? Times the quick profile's hot loops at 1..N threads.
 
-    python benchmarks/threads.py [--repeats 5] [--steps 20]
+    python benchmarks/threads.py [--repeats 5] [--steps 10]
 
 Three workloads on the quick ConvNet, each timed at every thread count in interleaved rounds (so
 background load hits every count alike): a plain fp32 training step, the step as the classical

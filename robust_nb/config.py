@@ -175,7 +175,7 @@ def _tune_threads(device: torch.device) -> int:
     # but no more: torch's default counts the host's cores, which oversubscribes a container
     # held to fewer CPUs by its affinity mask or cgroup quota.
     if device.type == "cpu":
-        torch.set_num_threads(max(1, min(_DEFAULT_THREADS, usable_cpus())))
+        torch.set_num_threads(min(_DEFAULT_THREADS, usable_cpus()))
     return torch.get_num_threads()
 
 
