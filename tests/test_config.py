@@ -45,10 +45,10 @@ def test_setup_seeds_and_prints_one_banner(capsys):
     assert cfg.seed == 3 and cfg.dataset == "mnist-5k"
 
 
-def test_full_profile_uses_the_papers_settings():
+def test_full_profile_uses_the_papers_threat_model():
     cfg = rnb.setup("full", verbose=False)
     assert cfg.dataset == "cifar10" and cfg.eps_linf == pytest.approx(8 / 255)
-    assert cfg.alpha_fgsm == pytest.approx(10 / 255)
+    assert cfg.n_attack == 10_000 and cfg.n_autoattack == 10_000    # the whole test set
 
 
 @pytest.mark.parametrize("cpu_max, cap", [("max 100000\n", None), ("150000 100000\n", 2),

@@ -134,7 +134,7 @@ def test_bn_mode_train_uses_batch_statistics_and_keeps_running_ones(mnist, small
                if "running" in k or "batches" in k}
     model.train()
     with trainer.crafting_model() as view:
-        with rnb.attacks._base.attack_mode(view), torch.no_grad():
+        with rnb.attacks.attack_mode(view), torch.no_grad():
             out = view(x[:64])
         expected = model(x[:64])         # train mode, batch statistics, stats frozen here too
     assert model.training
@@ -241,3 +241,24 @@ def test_guard_state_survives_a_checkpoint(mnist, small, classical, tmp_path):
     assert resumed._guard_prev == first._guard_prev and resumed._best_epoch == first._best_epoch
     for k, v in first._best_state["model"].items():
         torch.testing.assert_close(resumed._best_state["model"][k], v)
+
+
+def test_select_best_ends_with_the_epoch_of_best_validation_robustness(mnist, small):
+    train, test = small
+    states = []
+
+    class Spy(AdversarialTraining):
+        def on_epoch_end(self, epoch, record):
+            states.append({k: v.clone() for k, v in self.eval_model.state_dict().items()})
+            super().on_epoch_end(epoch, record)
+
+    trainer = Spy(convnet(mnist), epochs=3, eps=EPS, steps=2, robust_val=60, select_best=True,
+                  **COMMON)
+    history = trainer.fit((train[0][:384], train[1][:384]), val=test)
+    accs = history["val_robust_acc"]
+    best = max(range(3), key=lambda i: (accs[i], -i))          # the first epoch of the best
+    assert history.records[-1]["selected_epoch"] == best
+    final = trainer.eval_model.state_dict()
+    assert all(torch.equal(final[k], states[best][k]) for k in final)
+    with pytest.raises(ValueError, match="select_best"):
+        AdversarialTraining(convnet(mnist), epochs=1, eps=EPS, select_best=True, **COMMON)

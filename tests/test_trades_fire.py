@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import robust_nb as rnb
 from robust_nb.losses import fire_loss, trades_loss
 from robust_nb.training.fire import FireTraining
-from robust_nb.training.trades import TradesTraining, divergence_ascent, kl_divergence_sum
+from robust_nb.losses import kl_divergence_sum
+from robust_nb.training import TradesTraining
 
 EPS, STEPS = 0.1, 3
 ALPHA = 2.5 * EPS / STEPS
@@ -70,9 +71,9 @@ def test_inner_maximisation_matches_the_reference_loop(mnist, method):
     x = _subset(mnist.test, 32)[0].double()
     gen = torch.Generator().manual_seed(5)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
-    trainer = _trainer(TradesTraining if method == "trades" else FireTraining, model)
+    attack = rnb.attacks.trades_kl if method == "trades" else rnb.attacks.fisher_rao
     model.train()
-    ours = divergence_ascent(model, x, trainer.divergence, EPS, ALPHA, 6, gen)
+    ours = attack(model, x, eps=EPS, alpha=ALPHA, steps=6, generator=gen)
     assert model.training                                      # mode restored
     model.eval()
     ref = (_reference_trades_attack if method == "trades" else _reference_fire_attack)(
@@ -159,13 +160,11 @@ def test_config_dict_and_bad_arguments(mnist):
 
 def test_recipes_read_the_profile():
     cfg = rnb.setup("quick", verbose=False)
-    for name, cls, beta in (("trades", TradesTraining, cfg.trades_beta),
-                            ("fire", FireTraining, cfg.fire_beta)):
-        got, kwargs = rnb.training.RECIPES[name](cfg)
-        assert got is cls
-        assert (kwargs["eps"], kwargs["alpha"], kwargs["steps"], kwargs["beta"]) == \
-            (cfg.eps_linf, cfg.alpha_linf, cfg.adv_steps, beta)
-        assert kwargs["epochs"] == cfg.adv_epochs
+    for name, cls, beta in (("trades", TradesTraining, 6.0), ("fire", FireTraining, 20.0)):
+        r = rnb.training.recipe(cfg, name)
+        assert r.trainer is cls
+        o = r.options
+        assert (o.eps, o.alpha, o.beta) == (cfg.eps_linf, cfg.alpha_linf, beta)
 
 
 # -- short training: robust methods beat classical training on PGD accuracy ----------------------

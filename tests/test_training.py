@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from robust_nb.models.layers import Normalize
-from robust_nb.training import (RECIPES, CheckpointError, ClassicalTraining, History,
-                                TrainingDiverged, load_or_train, lr_factor, train_method)
+from robust_nb.training import (CheckpointError, ClassicalTraining, History, TrainingDiverged,
+                                load_or_train, lr_factor, train_method)
 from robust_nb.training import checkpoint as ckpt_mod
 
 
@@ -266,10 +266,16 @@ def test_bf16_autocast_trains_like_fp32(small):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(optimizer="rmsprop"), "unknown optimizer"),
     (dict(schedule="step"), "unknown schedule"),
-    (dict(amp="fp8"), "amp must be"),
+    (dict(amp="fp8"), "unknown amp"),
+    (dict(lr=float("nan")), "lr must be a finite positive"),
+    (dict(batch_size=2.5), "batch_size must be a positive integer"),
+    (dict(milestones=(3,)), "milestones"),
+    (dict(milestones=(1, 1)), "increasing"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(lrr=0.1), r"no option\(s\) \['lrr'\]"),
     (dict(ema_decay=1.0), "ema_decay"),
     (dict(augment="rotate"), "unknown augment"),
-    (dict(epochs=0), "epochs"),
+    (dict(epochs=0), "epochs must be a positive integer"),
     (dict(warmup_epochs=2), "warmup_epochs"),
 ])
 def test_bad_arguments_raise_value_errors(kwargs, message):
@@ -286,6 +292,10 @@ def test_bad_data_raises_value_error(small):
         trainer.fit((x * 255, y))
     with pytest.raises(ValueError, match="pair or a Dataset"):
         trainer.fit(x)
+    bad = x.clone()
+    bad[3, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN|finite"):       # not reported as a divergence
+        trainer.fit((bad, y))
 
 
 # ------------------------------------------------------------------ history, cache, recipes
@@ -325,28 +335,100 @@ def test_load_or_train_trains_once_then_loads(small, tmp_path):
         load_or_train(Counted, tiny_model, small[0], small[1], **kw)
 
 
+_KILLABLE_RUN = """
+import os, signal, sys
+import torch
+from torch import nn
+import robust_nb as rnb
+from robust_nb.models.layers import Normalize
+from robust_nb.training import load_or_train
+
+cache, kill_at = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(1)
+x, y = rnb.data.load_dataset("mnist-5k").train
+i = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:384]
+calls = []
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize((0.13,), (0.31,)), nn.Conv2d(1, 6, 3, stride=2, padding=1),
+                          nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 10))
+    def hook(module, args):
+        if module.training:
+            calls.append(1)
+            if len(calls) == kill_at:            # mid-epoch: the 2nd step of epoch 2
+                os.kill(os.getpid(), signal.SIGKILL)
+    model.register_forward_pre_hook(hook)
+    return model
+
+load_or_train(rnb.training.ClassicalTraining, build, (x[i], y[i]), cache_dir=cache, quiet=True,
+              profile="quick", epochs=3, lr=0.05, batch_size=128, ema_decay=0.5, augment="crop")
+"""
+
+
+def test_load_or_train_resumes_after_the_process_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(_KILLABLE_RUN)
+
+    def run(cache, kill_at):
+        return subprocess.run([sys.executable, str(script), str(cache), str(kill_at)],
+                              capture_output=True, text=True, timeout=300)
+
+    killed = run(tmp_path / "a", 5)
+    assert killed.returncode == -9, killed.stderr                 # SIGKILL, mid-epoch 2
+    assert [p.name.endswith(".partial.pt") for p in (tmp_path / "a").iterdir()] == [True]
+    resumed = run(tmp_path / "a", 0)
+    assert resumed.returncode == 0, resumed.stderr
+    assert run(tmp_path / "b", 0).returncode == 0                 # never interrupted
+    entries = {d: [p for p in (tmp_path / d).iterdir()] for d in "ab"}
+    assert all(len(e) == 1 and not e[0].name.endswith(".partial.pt") for e in entries.values())
+    a, b = (torch.load(entries[d][0], weights_only=True) for d in "ab")
+    assert a["key"] == b["key"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert json.loads(a["history"])["records"][-1]["loss"] == \
+        json.loads(b["history"])["records"][-1]["loss"]
+
+
 def test_train_method_validates_the_method_name(mnist):
     import robust_nb as rnb
 
     cfg = rnb.setup("quick", verbose=False)
-    assert {"classical", "mixup"} <= set(RECIPES)
     with pytest.raises(ValueError, match="classical"):
         train_method(cfg, mnist, "sgd-please")
-    cls, kwargs = RECIPES["classical"](cfg)
-    assert cls is ClassicalTraining and kwargs["epochs"] == cfg.epochs
-    assert RECIPES["mixup"](cfg)[1]["mixup_alpha"] == cfg.mixup_alpha
+    with pytest.raises(ValueError, match="no option"):
+        train_method(cfg, mnist, "classical", betaa=3)
 
 
-def test_presets_build_trainers_and_reject_unknown_names():
-    from robust_nb.training import PRESETS, preset
+def test_options_come_from_keywords_or_an_instance(small):
+    from robust_nb.training import PGDOptions, TrainOptions
 
-    for name in PRESETS:
-        trainer = ClassicalTraining(tiny_model(), **preset(name, epochs=2))
-        assert trainer.epochs == 2 and trainer.optimizer_name == "sgd"
-    assert preset("self_study")["lr"] == 0.03 and preset("self_study")["batch_size"] == 64
-    assert preset("cifar_resnet")["schedule"] == "piecewise"
-    with pytest.raises(ValueError, match="self_study"):
-        preset("imagenet")
+    opts = TrainOptions(epochs=2, lr=0.1, batch_size=32, weight_decay=1e-4)
+    trainer = ClassicalTraining(tiny_model(), opts, lr=0.2, quiet=True)
+    assert trainer.options == opts.replace(lr=0.2) and trainer.lr == 0.2
+    assert trainer.options.optimizer == "sgd" and trainer.weight_decay == 1e-4
+    assert trainer.config_dict()["lr"] == 0.2 and trainer.config_dict()["milestones"] == []
+    with pytest.raises(ValueError, match="takes TrainOptions, got PGDOptions"):
+        ClassicalTraining(tiny_model(), PGDOptions(epochs=1, lr=0.1, batch_size=8, eps=0.1))
+    with pytest.raises(ValueError, match="needs epochs"):
+        ClassicalTraining(tiny_model(), lr=0.1, batch_size=8)
+    with pytest.raises(AttributeError, match="nope"):
+        trainer.nope
+    assert "peak learning rate" in str(opts)              # print(options) documents every field
+
+
+def test_piecewise_milestones_follow_the_epochs(small):
+    # TRADES' schedule: x0.1 from epoch index 2 of 3 (the reference's "epoch >= 75" of 76)
+    trainer = ClassicalTraining(tiny_model(), epochs=3, lr=0.1, batch_size=128,
+                                schedule="piecewise", milestones=(2,), quiet=True)
+    history = trainer.fit(small[0])
+    assert history["lr"] == pytest.approx([0.1, 0.1, 0.01])
+    assert lr_factor("piecewise", 5, 9, milestones=(3, 6), decay=0.5) == 0.5
+    assert lr_factor("piecewise", 6, 9, milestones=(3, 6), decay=0.5) == 0.25
+    assert lr_factor("onecycle", 5, 10, peak=0.5) == 1.0          # Wong et al.'s CIFAR cycle
 
 
 def test_confusion_matrix_counts_match_hand_computed():

@@ -1,5 +1,5 @@
-"""Training: one loop (:class:`ClassicalTraining`) that every method extends, its history,
-schedules, checkpoints, load-or-train cache and named recipes."""
+"""Training: one loop (:class:`ClassicalTraining`) that every method extends, the methods'
+options (:mod:`.options`), history, schedules, checkpoints, load-or-train cache and recipes."""
 
 from .adversarial import AdversarialMethod, AdversarialTraining
 from .autoattack_training import AutoAttackTraining
@@ -9,11 +9,17 @@ from .checkpoint import CheckpointError
 from .fast import FastAdversarialTraining
 from .fire import FireTraining
 from .history import History
-from .presets import PRESETS, preset
-from .recipes import RECIPES, train_method
+from .options import (AdversarialOptions, AutoAttackOptions, FastOptions, FireOptions,
+                      PGDOptions, TradesOptions, TrainOptions)
+from .recipes import METHODS, Recipe, recipe, train_method
 from .schedules import SCHEDULES, lr_factor
 from .trades import TradesTraining
 
-__all__ = ["ClassicalTraining", "TrainingDiverged", "CheckpointError", "History", "load_or_train",
-           "RECIPES", "train_method", "PRESETS", "preset", "SCHEDULES", "lr_factor", "TradesTraining", "FireTraining",
-           "AdversarialMethod", "AdversarialTraining", "FastAdversarialTraining", "AutoAttackTraining"]
+__all__ = [
+    "ClassicalTraining", "AdversarialMethod", "AdversarialTraining", "FastAdversarialTraining",
+    "AutoAttackTraining", "TradesTraining", "FireTraining",
+    "TrainOptions", "AdversarialOptions", "PGDOptions", "FastOptions", "AutoAttackOptions",
+    "TradesOptions", "FireOptions",
+    "METHODS", "Recipe", "recipe", "train_method", "load_or_train",
+    "History", "TrainingDiverged", "CheckpointError", "SCHEDULES", "lr_factor",
+]

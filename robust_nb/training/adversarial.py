@@ -30,23 +30,21 @@ are updated only by the training forward pass: in "train" mode they are frozen w
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import Tensor, nn
 
-from .. import attacks
-from ..attacks._base import NORMS, attack_mode
+from .. import attacks, evaluation
+from ..data import attack_subset
 from .base import ClassicalTraining
-
-BN_MODES = ("eval", "train")
+from .options import AdversarialOptions, PGDOptions
 
 
 class _BatchStatsView(nn.Module):
     """The model as an attack sees it with ``bn_mode="train"``: ``.eval()`` on the view is ignored,
     so the wrapped model keeps using batch statistics (and dropout) while an attack runs.
 
-    Attacks call ``attack_mode(model)``, which switches to eval mode and freezes the parameters;
+    Attacks call ``rnb.attacks.attack_mode(model)``, which switches to eval mode and freezes the parameters;
     on this view only the freezing takes effect. Use it inside :func:`_frozen_bn_stats`, so that
     the running statistics are not updated by the attack's forward passes.
     """
@@ -79,51 +77,28 @@ def _frozen_bn_stats(model: nn.Module):
             m.track_running_stats = flag
 
 
-def check_eps(eps) -> float:
-    """``eps`` as a float, or a ValueError: it must be finite and positive (pixel units)."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite positive number (pixel units), got {eps!r}")
-    return float(eps)
-
-
 class AdversarialMethod(ClassicalTraining):
     """Base of the attack-based training methods: train on ``craft(model, x, y)`` every batch.
 
-    Args (besides those of :class:`ClassicalTraining`):
-        eps: radius of the threat model, in pixel units of images in [0, 1].
-        norm: ``"linf"`` or ``"l2"``.
-        bn_mode: BatchNorm while crafting, ``"eval"`` or ``"train"`` (see the module docstring).
-        robust_val: if > 0 and a validation set is given, the PGD accuracy of the evaluation
-            model on ``robust_val`` validation images (evenly spaced through the set) is recorded
-            after every epoch as ``val_robust_acc`` (PGD with ``robust_val_steps`` steps of size
-            eps/4 and a random start, at this method's eps and norm), so robustness can be
-            followed during training.
-        robust_val_steps: steps of that PGD.
+    Options (:class:`~robust_nb.training.options.AdversarialOptions`, besides those of
+    :class:`ClassicalTraining`): ``eps``, ``norm``, ``bn_mode`` (see the module docstring),
+    ``robust_val`` (if > 0 and a validation set is given, the PGD accuracy of the evaluation
+    model on ``robust_val`` validation images, a stratified seeded subset, is recorded after
+    every epoch as ``val_robust_acc``: PGD with ``robust_val_steps`` steps of size eps/4 and a
+    random start, at this method's eps and norm) and ``select_best`` (keep the weights of the
+    epoch with the highest ``val_robust_acc`` and end training with them: the early stopping of
+    Rice, Wong & Kolter 2020, https://arxiv.org/abs/2002.11569, on a held-out split).
 
     Subclasses implement :meth:`craft`. Each batch's attack gets its own seed, derived from
     ``seed`` and the global step, so runs are reproducible and resume exactly.
     """
 
-    def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", bn_mode: str = "eval",
-                 robust_val: int = 0, robust_val_steps: int = 10, **kwargs):
-        check_eps(eps)
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
-        if bn_mode not in BN_MODES:
-            raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
-        if int(robust_val) != robust_val or robust_val < 0:
-            raise ValueError(f"robust_val must be a non-negative integer, got {robust_val}")
-        if int(robust_val_steps) != robust_val_steps or robust_val_steps < 1:
-            raise ValueError(f"robust_val_steps must be a positive integer, got {robust_val_steps}")
-        super().__init__(model, **kwargs)
-        self.eps, self.norm, self.bn_mode = float(eps), norm, bn_mode
-        self.robust_val, self.robust_val_steps = int(robust_val), int(robust_val_steps)
+    Options = AdversarialOptions
 
-    def config_dict(self) -> dict:
-        d = super().config_dict()
-        d.update(eps=self.eps, norm=self.norm, bn_mode=self.bn_mode, robust_val=self.robust_val,
-                 robust_val_steps=self.robust_val_steps)
-        return d
+    def __init__(self, model: nn.Module, options=None, **kwargs):
+        super().__init__(model, options, **kwargs)
+        self._robust_val_set: tuple[Tensor, Tensor] | None = None
+        self._best: dict | None = None       # {"epoch", "acc", "state"} with select_best
 
     # ------------------------------------------------------------------ crafting
     @contextlib.contextmanager
@@ -160,21 +135,42 @@ class AdversarialMethod(ClassicalTraining):
     def _evaluate(self, val_pair) -> dict:
         out = super()._evaluate(val_pair)
         if val_pair is not None and self.robust_val > 0:
-            out["val_robust_acc"] = self.robust_accuracy(self.eval_model, *val_pair)
+            if self._robust_val_set is None:
+                self._robust_val_set = attack_subset(val_pair, min(self.robust_val,
+                                                                   len(val_pair[1])), self.seed)
+            out["val_robust_acc"] = self.pgd_accuracy(self.eval_model, *self._robust_val_set)
         return out
 
-    def robust_accuracy(self, model: nn.Module, x: Tensor, y: Tensor) -> float:
-        """PGD accuracy of ``model`` (eval mode) on ``robust_val`` evenly spaced images of ``x``
-        (evenly spaced, not the first ones: a test split may be sorted by class)."""
-        n = min(self.robust_val, len(x))
-        idx = torch.arange(n, device=x.device) * len(x) // n                  # (n,)
-        x, y = x[idx], y[idx]
-        x_adv = attacks.pgd(model, x, y, eps=self.eps, alpha=self.eps / 4,
-                            steps=self.robust_val_steps, norm=self.norm, random_start=True,
-                            seed=self.seed + 7, batch_size=self.eval_batch_size)
-        with torch.no_grad(), attack_mode(model):
-            correct = (model(x_adv).argmax(1) == y).sum()
-        return correct.item() / len(y)
+    def pgd_accuracy(self, model: nn.Module, x: Tensor, y: Tensor,
+                     steps: int | None = None) -> float:
+        """PGD accuracy of ``model`` on ``(x, y)`` at this method's eps and norm: ``steps``
+        (default ``robust_val_steps``) steps of size eps/4 from a random start."""
+        return evaluation.robust_accuracy(
+            model, x, y, "pgd", eps=self.eps, alpha=self.eps / 4,
+            steps=steps or self.robust_val_steps, norm=self.norm, random_start=True,
+            seed=self.seed + 7, batch_size=self.eval_batch_size)
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        super().on_epoch_end(epoch, record)
+        acc = record.get("val_robust_acc")
+        if not self.select_best or acc is None:
+            return
+        if self._best is None or acc > self._best["acc"]:
+            self._best = {"epoch": epoch, "acc": acc, "state": _copy_state(self.eval_model)}
+        if epoch + 1 == self.epochs:       # the last epoch: end with the best weights
+            if self._best["epoch"] != epoch:
+                self.eval_model.load_state_dict(self._best["state"])
+            record["selected_epoch"] = self._best["epoch"]
+
+    def extra_state(self) -> dict:
+        return {"best": self._best}
+
+    def load_extra_state(self, state: dict) -> None:
+        self._best = state.get("best")
+
+
+def _copy_state(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 class AdversarialTraining(AdversarialMethod):
@@ -184,33 +180,19 @@ class AdversarialTraining(AdversarialMethod):
     random_start)`` against the current weights, and the model is trained with cross-entropy on
     those examples only (the paper's objective; no clean term).
 
-    Args (besides those of :class:`AdversarialMethod` and :class:`ClassicalTraining`):
-        alpha: PGD step size; default ``2.5 * eps / steps`` (the rule of thumb of Madry et al.'s
-            ``robustness`` library: the steps together can cross the ball from side to side).
-            The paper used eps 8/255, alpha 2/255, 7 steps on CIFAR-10 and eps 0.3, alpha
-            0.01, 40 steps on MNIST.
-        steps: PGD steps K per batch.
-        random_start: start from a uniform random point of the ball (the paper does).
+    Options (:class:`~robust_nb.training.options.PGDOptions`, besides those of
+    :class:`AdversarialMethod` and :class:`ClassicalTraining`): ``alpha`` (the PGD step;
+    default ``rnb.attacks.madry_alpha(eps, steps)`` = 2.5 eps / steps, the rule of Madry et
+    al.'s ``robustness`` library: the steps together can cross the ball from side to side),
+    ``steps``, ``random_start``. The paper used eps 8/255, alpha 2/255, 7 steps on CIFAR-10 and
+    eps 0.3, alpha 0.01, 40 steps on MNIST; see ``rnb.training.recipe(cfg, "pgd")``.
 
     >>> trainer = AdversarialTraining(model, epochs=6, lr=0.05, batch_size=128, eps=0.1,
     ...                               alpha=0.025, steps=5, robust_val=200)
     >>> history = trainer.fit(data, val=data.test)      # history["val_robust_acc"] per epoch
     """
 
-    def __init__(self, model: nn.Module, *, eps: float, alpha: float | None = None,
-                 steps: int = 10, random_start: bool = True, **kwargs):
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
-        alpha = 2.5 * check_eps(eps) / steps if alpha is None else alpha
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha must be a finite positive number, got {alpha!r}")
-        super().__init__(model, eps=eps, **kwargs)
-        self.alpha, self.steps, self.random_start = float(alpha), int(steps), bool(random_start)
-
-    def config_dict(self) -> dict:
-        d = super().config_dict()
-        d.update(alpha=self.alpha, steps=self.steps, random_start=self.random_start)
-        return d
+    Options = PGDOptions
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return attacks.pgd(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,

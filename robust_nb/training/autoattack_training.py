@@ -22,44 +22,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import attacks
-from ..attacks._base import _view, attack_mode
+from ..attacks import attack_mode
 from .adversarial import AdversarialMethod
-
-APGD_LOSSES = ("ce", "dlr")
+from .options import AutoAttackOptions
 
 
 class AutoAttackTraining(AdversarialMethod):
     """Adversarial training on APGD-CE (optionally also APGD-DLR) examples, every batch.
 
-    Args (besides those of :class:`~robust_nb.training.adversarial.AdversarialMethod` and
-    :class:`~robust_nb.training.base.ClassicalTraining`):
-        steps: APGD iterations per batch (AutoAttack evaluates with 100; a handful is enough to
-            train, as for PGD).
-        losses: ``("ce",)`` or ``("ce", "dlr")`` (see the module docstring); any non-empty
-            subset of ("ce", "dlr").
-        restarts: APGD restarts per loss.
+    Options (:class:`~robust_nb.training.options.AutoAttackOptions`, besides those of
+    :class:`~robust_nb.training.adversarial.AdversarialMethod` and
+    :class:`~robust_nb.training.base.ClassicalTraining`): ``steps`` (APGD iterations per batch;
+    AutoAttack evaluates with 100, a handful is enough to train, as for PGD), ``losses``
+    (``("ce",)`` or ``("ce", "dlr")``, see the module docstring) and ``restarts`` (per loss).
 
     >>> trainer = AutoAttackTraining(model, epochs=6, lr=0.05, batch_size=128, eps=0.1, steps=5)
     >>> history = trainer.fit(data, val=data.test)
     """
 
-    def __init__(self, model: nn.Module, *, eps: float, steps: int = 10,
-                 losses: tuple[str, ...] = ("ce",), restarts: int = 1, **kwargs):
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
-        losses = (losses,) if isinstance(losses, str) else tuple(losses)
-        if not losses or any(loss not in APGD_LOSSES for loss in losses) \
-                or len(set(losses)) != len(losses):
-            raise ValueError(f"losses must be a non-empty subset of {APGD_LOSSES}, got {losses}")
-        if int(restarts) != restarts or restarts < 1:
-            raise ValueError(f"restarts must be a positive integer, got {restarts}")
-        super().__init__(model, eps=eps, **kwargs)
-        self.steps, self.losses, self.restarts = int(steps), losses, int(restarts)
-
-    def config_dict(self) -> dict:
-        d = super().config_dict()
-        d.update(steps=self.steps, losses=list(self.losses), restarts=self.restarts)
-        return d
+    Options = AutoAttackOptions
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         seed = self.attack_seed()
@@ -75,6 +56,6 @@ class AutoAttackTraining(AdversarialMethod):
         best = ce.argmax(0)                                               # (B,)
         out = candidates[0]
         for i, c in enumerate(candidates[1:], start=1):
-            out = torch.where(_view(best == i, x), c, out)
+            out = torch.where((best == i).view(-1, *[1] * (x.dim() - 1)), c, out)
         return out
 

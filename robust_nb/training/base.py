@@ -7,14 +7,14 @@ loop. The hooks, in the order the loop calls them:
   ``rnb.models.DropBlockSchedule``;
 * :meth:`ClassicalTraining.perturb` ``(x, y) -> x'``: default identity; adversarial training
   returns adversarial examples here (model in train mode; it may switch to eval with
-  ``rnb.attacks._base.attack_mode`` and must not touch parameter grads);
+  ``rnb.attacks.attack_mode`` and must not touch parameter grads);
 * :meth:`ClassicalTraining.training_loss` ``(x, y) -> (loss, logits)``: default = perturb, then
   mixup if ``mixup_alpha > 0``, then cross-entropy (with label smoothing / soft targets); runs
   inside ``torch.autocast``; TRADES/FIRE override it whole;
 * :meth:`ClassicalTraining.on_epoch_end` ``(epoch, record)``: after the epoch's evaluation; may
   set ``self.stop_reason`` to stop training, or restore weights;
 * :meth:`ClassicalTraining.config_dict`: the JSON-able hyperparameters (checkpoint config and the
-  load-or-train cache key); subclasses add theirs.
+  load-or-train cache key), from the method's options dataclass (:mod:`.options`).
 
 What the loop does for every method: on-device batches and augmentation (``rnb.data.DeviceLoader``),
 SGD (momentum, Nesterov) / Adam / AdamW, per-step learning-rate schedules with warm-up
@@ -50,17 +50,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks._base import model_device
-from ..data import AUGMENTATIONS, Dataset, DeviceLoader, check_images
+from ..data import Dataset, DeviceLoader, check_images
 from ..evaluation import predict_logits
-from ..modes import model_mode
+from ..modes import model_device, model_mode
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save, safe_load
 from .ema import WeightEMA
 from .history import History
-from .schedules import check_schedule, lr_factor
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-AMP_CHOICES = (None, False, True, "bf16", "fp16")
+from .options import TrainOptions
+from .schedules import lr_factor
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -84,8 +81,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def _as_pair(data, split: str, name: str) -> tuple[Tensor, Tensor]:
+    """The (images, labels) of a pair or of a Dataset's split, checked (shapes, [0, 1], finite)."""
     if isinstance(data, Dataset):
-        return getattr(data, split)
+        data = getattr(data, split)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
         check_images(x, y, name=f"{name} images")
@@ -107,38 +105,25 @@ def _callback_name(cb) -> str:
 class ClassicalTraining:
     """Standard (non-robust) training of ``model`` in place; the base class of every method.
 
+    The hyperparameters are :class:`~robust_nb.training.options.TrainOptions` (``Options``; each
+    method has its own subclass): pass them as keyword arguments, or an ``options`` instance (a
+    recipe's), or both (keywords replace the instance's values). They are readable as attributes
+    (``trainer.lr``) and as ``trainer.options``; ``print(trainer.options)`` shows them all with
+    their meaning. The remaining arguments change how training runs, not its result:
+
     Args:
         model: the network (its device is the training device; it is trained in place).
-        epochs, lr, batch_size: passes over the training set, peak learning rate, batch size.
-        optimizer: ``"sgd"`` (with ``momentum``, ``nesterov``), ``"adam"`` or ``"adamw"``.
-        weight_decay: L2 penalty (SGD/Adam) or decoupled decay (AdamW), on every parameter.
-        schedule: ``"cosine"``, ``"onecycle"``, ``"piecewise"`` or ``"constant"`` (per step, see
-            :mod:`robust_nb.training.schedules`), after ``warmup_epochs`` of linear warm-up.
-        label_smoothing: Szegedy et al. 2016 (https://arxiv.org/abs/1512.00567).
-        augment: ``DeviceLoader`` augmentation: "none", "crop", "flip", "crop+flip".
-        crop_padding: zero padding before the random crop; ``None`` = 4 pixels for images of
-            32 pixels and more (the CIFAR standard of He et al. 2016 and the robust-training
-            papers), 2 for smaller ones (28-pixel digits).
-        ema_decay: per-step EMA decay of weights and BN buffers; 0 disables it.
-        amp: ``None`` = automatic: bf16 on CUDA GPUs that support it, else fp16 with a gradient
-            scaler; bf16 on CPUs with native bf16 instructions (AVX512-BF16 or AMX), where one
-            training step (batch 64) of the quick ConvNet / ResNet-18 took 0.92x / 0.79x the
-            fp32 time, and 0.60x / 0.60x with ``channels_last`` too (2-core AMD EPYC with
-            AVX512-BF16, one thread, best of 3 under load from other jobs); off elsewhere
-            (older CPUs emulate bf16 and get slower; MPS). ``True`` = bf16 (fp16 on CUDA
-            without bf16); ``"bf16"`` / ``"fp16"``; ``False`` = off.
-        channels_last: train in the ``channels_last`` memory format (faster on recent GPUs).
-        grad_clip: clip the global gradient norm to this value (``None`` = off).
-        mixup_alpha: mixup with Beta(alpha, alpha) (Zhang et al. 2018,
-            https://arxiv.org/abs/1710.09412) via ``rnb.losses.mixup_batch``; 0 = off.
-        seed: seeds the loader's shuffling/augmentation, mixup, and (inside ``fit`` only, the
-            caller's global generator is restored afterwards) dropout/DropBlock.
+        options: a ``TrainOptions`` of this method (e.g. ``recipe.options``).
         checkpoint: file written atomically after every epoch (``None`` = no checkpoints).
         log_every: steps between host reads of the loss (progress bar, NaN check).
         quiet: no progress bars.
         callbacks: ``cb(epoch)`` called at the start of every epoch.
         num_classes: for mixup's one-hot targets; default from the data.
-        eval_batch_size: batch size of the per-epoch evaluation.
+        **hyperparameters: options by name, e.g. ``epochs=6, lr=0.05, batch_size=128``.
+
+    ``amp=None`` (automatic) trains in bf16 on CUDA GPUs with native bf16 and on CPUs with native
+    bf16 instructions (AVX512-BF16 or AMX), in fp16 with a gradient scaler on other CUDA GPUs, and
+    in fp32 elsewhere (emulated bf16 is slower than fp32; see ``benchmarks/README.md``).
 
     >>> trainer = ClassicalTraining(model, epochs=6, lr=0.05, batch_size=128, augment="crop",
     ...                             ema_decay=0.99)
@@ -146,66 +131,35 @@ class ClassicalTraining:
     >>> rnb.evaluation.accuracy(trainer.eval_model, *data.test)
     """
 
-    def __init__(self, model: nn.Module, *, epochs: int, lr: float, batch_size: int,
-                 optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False,
-                 weight_decay: float = 5e-4, schedule: str = "cosine", warmup_epochs: int = 0,
-                 label_smoothing: float = 0.0, augment: str = "none", ema_decay: float = 0.0,
-                 amp: bool | str | None = None, channels_last: bool = False,
-                 grad_clip: float | None = None, mixup_alpha: float = 0.0, seed: int = 0,
+    Options = TrainOptions
+
+    def __init__(self, model: nn.Module, options: TrainOptions | None = None, *,
                  checkpoint: str | Path | None = None, log_every: int = 50, quiet: bool = False,
                  callbacks: Sequence[Callable[[int], None]] = (), num_classes: int | None = None,
-                 eval_batch_size: int = 500, crop_padding: int | None = None):
+                 **hyperparameters):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if int(epochs) != epochs or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-        check_schedule(schedule)
-        if int(warmup_epochs) != warmup_epochs or not 0 <= warmup_epochs < epochs:
-            raise ValueError(f"warmup_epochs must be an integer in [0, epochs={epochs}), "
-                             f"got {warmup_epochs}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTATIONS}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1) (0 disables EMA), got {ema_decay}")
-        if amp not in AMP_CHOICES:
-            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
-        if not mixup_alpha >= 0:
-            raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixup), got {mixup_alpha}")
-        if crop_padding is not None and (int(crop_padding) != crop_padding or crop_padding < 0):
-            raise ValueError(f"crop_padding must be a non-negative integer or None, "
-                             f"got {crop_padding}")
+        if options is None:
+            options = self.Options.build(**hyperparameters)
+        elif type(options) is not self.Options:
+            raise ValueError(f"{type(self).__name__} takes {self.Options.__name__}, got "
+                             f"{type(options).__name__} (a recipe of another method?)")
+        elif hyperparameters:
+            options = options.replace(**hyperparameters)
         if int(log_every) != log_every or log_every < 1:
             raise ValueError(f"log_every must be a positive integer, got {log_every}")
         for cb in callbacks:
             if not callable(cb):
                 raise ValueError(f"every callback must be callable as cb(epoch), got {cb!r}")
 
+        self.options = options
         self.model = model
         self.device = model_device(model)
-        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
-        self.optimizer_name = optimizer
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
-        self.weight_decay, self.schedule = float(weight_decay), schedule
-        self.warmup_epochs, self.label_smoothing = int(warmup_epochs), float(label_smoothing)
-        self.augment, self.ema_decay = augment, float(ema_decay)
-        self.amp_dtype = self._resolve_amp(amp, self.device)
-        self.channels_last, self.grad_clip = bool(channels_last), grad_clip
-        self.mixup_alpha, self.seed = float(mixup_alpha), int(seed)
+        self.amp_dtype = self._resolve_amp(options.amp, self.device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.log_every, self.quiet = int(log_every), bool(quiet)
         self.callbacks = list(callbacks)
-        self.num_classes, self.eval_batch_size = num_classes, int(eval_batch_size)
-        self.crop_padding = crop_padding
+        self.num_classes = num_classes
 
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -224,6 +178,13 @@ class ClassicalTraining:
         self.stop_reason: str | None = None
         self._loader: DeviceLoader | None = None
 
+    def __getattr__(self, name: str):
+        # Hyperparameters read as attributes: trainer.lr is trainer.options.lr.
+        options = self.__dict__.get("options")
+        if options is not None and name in options.names():
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ------------------------------------------------------------------ configuration
     @staticmethod
     def _resolve_amp(amp, device: torch.device) -> torch.dtype | None:
@@ -233,10 +194,12 @@ class ClassicalTraining:
             return torch.bfloat16
         if amp == "fp16":
             return torch.float16
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # Native bf16 only: emulated bf16 (older GPUs) is slower than fp16 with a scaler.
+        cuda_bf16 = (device.type == "cuda"
+                     and torch.cuda.is_bf16_supported(including_emulation=False))
         if amp is True:
             return torch.float16 if device.type == "cuda" and not cuda_bf16 else torch.bfloat16
-        # amp=None: automatic (see the class docstring for the CPU measurement).
+        # amp=None: automatic (see the class docstring).
         if device.type == "cuda":
             return torch.bfloat16 if cuda_bf16 else torch.float16
         if device.type == "cpu" and cpu_has_fast_bf16():
@@ -247,30 +210,22 @@ class ClassicalTraining:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
-        if self.optimizer_name == "sgd":
+        if self.options.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                                    nesterov=self.nesterov, weight_decay=self.weight_decay)
-        cls = torch.optim.Adam if self.optimizer_name == "adam" else torch.optim.AdamW
+        cls = torch.optim.Adam if self.options.optimizer == "adam" else torch.optim.AdamW
         return cls(params, lr=self.lr, weight_decay=self.weight_decay)
 
     def config_dict(self) -> dict:
         """JSON-able hyperparameters: the checkpoint's config and part of the cache key.
 
-        Subclasses extend it: ``d = super().config_dict(); d.update(eps=self.eps); return d``.
-        ``log_every``, ``quiet`` and ``checkpoint`` are left out (they do not change the result).
+        The options (:meth:`TrainOptions.to_dict`), with ``amp`` resolved to the dtype used on
+        this device, and the callbacks' names. ``checkpoint``, ``log_every`` and ``quiet`` are
+        left out (they do not change the result).
         """
         amp = {None: None, torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
-        return {
-            "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-            "optimizer": self.optimizer_name, "momentum": self.momentum,
-            "nesterov": self.nesterov, "weight_decay": self.weight_decay,
-            "schedule": self.schedule, "warmup_epochs": self.warmup_epochs,
-            "label_smoothing": self.label_smoothing, "augment": self.augment,
-            "ema_decay": self.ema_decay, "amp": amp, "channels_last": self.channels_last,
-            "grad_clip": self.grad_clip, "mixup_alpha": self.mixup_alpha, "seed": self.seed,
-            "eval_batch_size": self.eval_batch_size, "crop_padding": self.crop_padding,
-            "callbacks": [_callback_name(cb) for cb in self.callbacks],
-        }
+        return {**self.options.to_dict(), "amp": amp,
+                "callbacks": [_callback_name(cb) for cb in self.callbacks]}
 
     @property
     def eval_model(self) -> nn.Module:
@@ -308,7 +263,9 @@ class ClassicalTraining:
     # ------------------------------------------------------------------ the loop
     def _lr_at(self, step: int, steps_per_epoch: int) -> float:
         return self.lr * lr_factor(self.schedule, step, self.epochs * steps_per_epoch,
-                                   self.warmup_epochs * steps_per_epoch)
+                                   self.warmup_epochs * steps_per_epoch,
+                                   milestones=tuple(m * steps_per_epoch for m in self.milestones),
+                                   decay=self.lr_decay, peak=self.cycle_peak)
 
     def _rng_context(self):
         # Dropout/DropBlock draw from the global generator: fork it so that fit() is

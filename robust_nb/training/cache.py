@@ -77,21 +77,27 @@ def cache_key(model: nn.Module, method: str, config: dict, train, val=None, *,
 
 
 def load_or_train(method_cls: type, build: Callable[[], nn.Module], train, val=None, *,
-                  cache_dir: str | Path | None = None, key_extra=None, quiet: bool = False,
-                  profile: str | None = None,
+                  options=None, cache_dir: str | Path | None = None, key_extra=None,
+                  quiet: bool = False, profile: str | None = None,
                   make_callbacks: Callable[[nn.Module], list] | None = None,
                   **trainer_kwargs) -> tuple[nn.Module, History]:
     """Return ``(model, history)`` from the cache, or train with ``method_cls`` and cache it.
 
-    ``build()`` returns a fresh model (on the training device); ``make_callbacks(model)``, if
+    ``build()`` returns a fresh model (on the training device); ``options`` (the method's
+    options dataclass) and ``trainer_kwargs`` go to the trainer; ``make_callbacks(model)``, if
     given, returns callbacks bound to that model (e.g. a DropBlock schedule). The returned model
     holds the evaluation weights (the EMA copy when EMA is on) and is in eval mode.
+
+    While training, a checkpoint is written after every epoch beside the entry
+    (``<entry>.partial.pt``); a run that was interrupted (a kernel restart, a killed process)
+    resumes from it with the same result as an uninterrupted run, and the file is removed once
+    the entry is written.
     """
     model = build()
     callbacks = list(trainer_kwargs.pop("callbacks", ()))
     if make_callbacks is not None:
         callbacks += list(make_callbacks(model))
-    trainer = method_cls(model, quiet=quiet, callbacks=callbacks, **trainer_kwargs)
+    trainer = method_cls(model, options, quiet=quiet, callbacks=callbacks, **trainer_kwargs)
     key = cache_key(model, method_cls.__name__, trainer.config_dict(), train, val,
                     profile=profile, key_extra=key_extra)
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / \
@@ -108,11 +114,21 @@ def load_or_train(method_cls: type, build: Callable[[], nn.Module], train, val=N
         if not quiet:
             print(f"loaded cached {method_cls.__name__} model from {path}")
         return model.eval(), History.from_dict(json.loads(entry["history"]))
-    history = trainer.fit(train, val)
+    partial = partial_path(path)
+    trainer.checkpoint = partial
+    if partial.exists() and not quiet:
+        print(f"resuming {method_cls.__name__} from {partial}")
+    history = trainer.fit(train, val, resume=True)
     final = trainer.eval_model
     atomic_save({"format": CACHE_FORMAT, "key": key, "method": method_cls.__name__,
                  "config": json.dumps(trainer.config_dict()), "model": final.state_dict(),
                  "history": json.dumps(history.to_dict())}, path)
+    partial.unlink(missing_ok=True)
     if final is not model:            # EMA: return the model built by build() with EMA weights
         model.load_state_dict(final.state_dict())
     return model.eval(), history
+
+
+def partial_path(entry: Path) -> Path:
+    """Where the per-epoch checkpoint of a cache entry in training lives."""
+    return entry.with_name(entry.stem + ".partial.pt")

@@ -28,21 +28,20 @@ L-inf only, like the paper.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 
-import torch
 from torch import Tensor, nn
 
 from .. import attacks
-from ..attacks._base import attack_mode
-from .adversarial import AdversarialMethod, check_eps
+from .adversarial import AdversarialMethod
+from .options import FastOptions
 
 
 class FastAdversarialTraining(AdversarialMethod):
     """FGSM-RS adversarial training with the catastrophic-overfitting guard of Wong et al. 2020.
 
-    Args (besides those of :class:`~robust_nb.training.adversarial.AdversarialMethod` and
+    Options (:class:`~robust_nb.training.options.FastOptions`, besides those of
+    :class:`~robust_nb.training.adversarial.AdversarialMethod` and
     :class:`~robust_nb.training.base.ClassicalTraining`):
         alpha: FGSM step; default ``1.25 * eps`` (the paper's choice; 2 eps and more lead to
             catastrophic overfitting on CIFAR-10).
@@ -63,34 +62,14 @@ class FastAdversarialTraining(AdversarialMethod):
     >>> history.stopped            # None, or why the guard stopped training
     """
 
-    def __init__(self, model: nn.Module, *, eps: float, alpha: float | None = None,
-                 random_start: bool = True, guard: bool = True, guard_drop: float = 0.2,
-                 guard_steps: int = 5, schedule: str = "onecycle", bn_mode: str = "train",
-                 **kwargs):
-        if kwargs.get("norm", "linf") != "linf":
-            raise ValueError("FastAdversarialTraining is L-inf only (FGSM), got "
-                             f"norm={kwargs['norm']!r}")
-        alpha = 1.25 * check_eps(eps) if alpha is None else alpha
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha must be a finite positive number, got {alpha!r}")
-        if not 0 < guard_drop <= 1:
-            raise ValueError(f"guard_drop must lie in (0, 1], got {guard_drop}")
-        if int(guard_steps) != guard_steps or guard_steps < 1:
-            raise ValueError(f"guard_steps must be a positive integer, got {guard_steps}")
-        super().__init__(model, eps=eps, schedule=schedule, bn_mode=bn_mode, **kwargs)
-        self.alpha, self.random_start = float(alpha), bool(random_start)
-        self.guard, self.guard_drop = bool(guard), float(guard_drop)
-        self.guard_steps = int(guard_steps)
+    Options = FastOptions
+
+    def __init__(self, model: nn.Module, options=None, **kwargs):
+        super().__init__(model, options, **kwargs)
         self._guard_batch: tuple[Tensor, Tensor] | None = None
         self._guard_prev: float | None = None     # the last accepted epoch's guard accuracy
         self._best_epoch: int | None = None       # the last accepted epoch
         self._best_state: dict | None = None      # its weights (model, and EMA if any)
-
-    def config_dict(self) -> dict:
-        d = super().config_dict()
-        d.update(alpha=self.alpha, random_start=self.random_start, guard=self.guard,
-                 guard_drop=self.guard_drop, guard_steps=self.guard_steps)
-        return d
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if self.guard and self._guard_batch is None:
@@ -103,11 +82,7 @@ class FastAdversarialTraining(AdversarialMethod):
         """PGD-``guard_steps`` accuracy (step eps/4, random start) of the trained weights on a
         batch, with the same BatchNorm mode as the crafting."""
         with self.crafting_model() as model:
-            x_adv = attacks.pgd(model, x, y, eps=self.eps, alpha=self.eps / 4,
-                                steps=self.guard_steps, random_start=True, seed=self.seed + 11)
-            with torch.no_grad(), attack_mode(model):
-                correct = (model(x_adv).argmax(1) == y).sum()
-        return correct.item() / len(y)
+            return self.pgd_accuracy(model, x, y, steps=self.guard_steps)
 
     def _snapshot(self) -> dict:
         return {"model": copy.deepcopy(self.model.state_dict()),
@@ -136,10 +111,11 @@ class FastAdversarialTraining(AdversarialMethod):
 
     # ------------------------------------------------------------------ checkpoints
     def extra_state(self) -> dict:
-        return {"guard_prev": self._guard_prev, "best_epoch": self._best_epoch,
-                "best_state": self._best_state}
+        return {**super().extra_state(), "guard_prev": self._guard_prev,
+                "best_epoch": self._best_epoch, "best_state": self._best_state}
 
     def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
         self._guard_prev = state.get("guard_prev")
         self._best_epoch = state.get("best_epoch")
         self._best_state = state.get("best_state")

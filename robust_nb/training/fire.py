@@ -23,41 +23,33 @@ ones of :func:`~robust_nb.losses.fire_loss` (sqrt(p q) from log-probabilities, B
 
 from __future__ import annotations
 
-import math
+from torch import Tensor
 
-from torch import Tensor, nn
-
-from ..losses import fire_loss, fisher_rao_penalty
+from .. import attacks
+from ..losses import fire_loss
+from .options import FireOptions
 from .trades import TradesTraining
 
 
 class FireTraining(TradesTraining):
     """FIRE (Picot et al. 2022): the authors' objective and inner attack.
 
-    Args (besides those of :class:`ClassicalTraining`):
-        eps, alpha, steps: the inner maximisation (L-inf radius, step, steps), as in TRADES.
-        beta: weight of the Fisher-Rao term (the authors' configs: 20).
-        stability: the constant subtracted inside the arccos (the authors' ``eps``; 1e-6).
+    Options (:class:`~robust_nb.training.options.FireOptions`, besides those of
+    :class:`ClassicalTraining`): ``eps``, ``alpha``, ``steps`` (the inner maximisation, as in
+    TRADES), ``beta`` (weight of the Fisher-Rao term; the authors' configs: 20) and
+    ``stability`` (the constant subtracted inside the arccos, the authors' ``eps``; 1e-6).
 
     >>> trainer = FireTraining(model, epochs=6, lr=0.05, batch_size=128, eps=0.1, alpha=0.025,
     ...                        steps=5, beta=20.0)
     """
 
-    def __init__(self, model: nn.Module, *, beta: float = 20.0, stability: float = 1e-6,
-                 **kwargs):
-        if not (math.isfinite(stability) and 0 < stability < 1):
-            raise ValueError(f"stability must lie in (0, 1), got {stability}")
-        super().__init__(model, beta=beta, **kwargs)
-        self.stability = float(stability)
+    Options = FireOptions
 
-    def config_dict(self) -> dict:
-        d = super().config_dict()
-        d.update(stability=self.stability)
-        return d
-
-    def divergence(self, logits_clean: Tensor, logits_adv: Tensor) -> Tensor:
-        # The authors' attack loss: the batch mean of the regulariser (clean side constant).
-        return fisher_rao_penalty(logits_clean, logits_adv, self.stability).mean()
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        """The authors' inner maximisation: ``rnb.attacks.fisher_rao``."""
+        return attacks.fisher_rao(self.model, x, eps=self.eps, alpha=self.alpha,
+                                  steps=self.steps, stability=self.stability,
+                                  generator=self.noise_generator)
 
     def objective(self, logits_clean: Tensor, logits_adv: Tensor, y: Tensor) -> Tensor:
         return fire_loss(logits_clean, logits_adv, y, self.beta, self.stability)

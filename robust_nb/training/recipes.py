@@ -1,88 +1,259 @@
-"""Named training recipes: every notebook asking for the same model gets the same cache entry.
+"""Recipes: one per training method and profile, as data, with their source and deviations.
 
-``RECIPES[name](cfg) -> (trainer class, keyword arguments)`` reads every hyperparameter from the
-``Config``; :func:`train_method` builds the model with ``rnb.models.for_config`` (seeded), then
-calls :func:`~robust_nb.training.cache.load_or_train`. Robust methods register themselves here
-with one entry each.
+A :class:`Recipe` is the trainer class, its options (an instance of the method's dataclass from
+:mod:`.options`), the model it trains, how many training images it holds out for validation,
+where its numbers come from and what differs from the authors' code. ``print(recipe)`` shows it
+all. Notebooks read numbers from recipes (``rnb.training.recipe(cfg, "trades").options.beta``)
+and train through :func:`train_method`, so every notebook asking for the same recipe gets the
+same cached model.
+
+``quick`` recipes are the course's own, sized for a 2-core CPU on the embedded digits (none is a
+paper's). ``full`` recipes follow the authors' code; every difference is listed. Nothing else
+in the package holds a paper's hyperparameters.
+
+>>> r = rnb.training.recipe(cfg, "trades")
+>>> print(r)                                   # options, model, source, deviations
+>>> model, history = rnb.training.train_method(cfg, data, "trades")
 """
 
 from __future__ import annotations
 
+import dataclasses
+import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..config import Config
+from ..data import Dataset
+from .adversarial import AdversarialTraining
+from .autoattack_training import AutoAttackTraining
 from .base import ClassicalTraining
 from .cache import load_or_train
+from .fast import FastAdversarialTraining
+from .fire import FireTraining
 from .history import History
+from .options import TrainOptions
+from .trades import TradesTraining
+
+METHODS = ("classical", "mixup", "pgd", "fgsm", "autoattack", "trades", "fire")
 
 
-def _classical(cfg: Config) -> tuple[type, dict]:
-    return ClassicalTraining, dict(
-        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-        ema_decay=cfg.ema_decay, augment=cfg.augment, schedule="cosine", seed=cfg.seed,
-        # channels_last: 0.70x-0.78x the step time on this CPU (0.60x together with bf16),
-        # and the usual advice for GPUs with tensor cores.
-        channels_last=True)
+@dataclass(frozen=True)
+class Recipe:
+    """A training method's complete settings for one profile. See the module docstring."""
+
+    method: str
+    trainer: type
+    options: TrainOptions
+    source: str
+    deviations: tuple[str, ...] = ()
+    model: str | None = None      # None: the profile's main model (cfg.model)
+    holdout: int = 0              # training images held out as the validation split
+
+    def __post_init__(self):
+        if type(self.options) is not self.trainer.Options:
+            raise ValueError(f"recipe {self.method!r}: {self.trainer.__name__} takes "
+                             f"{self.trainer.Options.__name__}, got "
+                             f"{type(self.options).__name__}")
+
+    def replace(self, **option_changes) -> "Recipe":
+        """The recipe with some options changed (checked like new options)."""
+        return dataclasses.replace(self, options=self.options.replace(**option_changes))
+
+    def __str__(self) -> str:
+        lines = [f"recipe {self.method!r}: {self.trainer.__name__} on "
+                 f"{self.model or 'the profile model'}"
+                 + (f", {self.holdout} training images held out for validation"
+                    if self.holdout else ""),
+                 *textwrap.wrap(f"source: {self.source}", 100, subsequent_indent="  ", break_on_hyphens=False),
+                 "", str(self.options), ""]
+        lines += ["deviations from the source:" if self.deviations
+                  else "deviations from the source: none"]
+        for d in self.deviations:
+            lines += textwrap.wrap(d, 100, initial_indent="  - ", subsequent_indent="    ",
+                                   break_on_hyphens=False)
+        return "\n".join(lines)
 
 
-def _mixup(cfg: Config) -> tuple[type, dict]:
-    cls, kwargs = _classical(cfg)
-    return cls, dict(kwargs, mixup_alpha=cfg.mixup_alpha)
+# -- quick: the course's own recipes for a 2-core CPU (digits, eps = cfg.eps_linf) --------------
+# SGD with momentum 0.9 and a cosine decay, EMA of the weights for steadier short runs, and
+# channels_last (no effect on the numbers; faster with bf16 on CPUs and on tensor-core GPUs).
+_QUICK = dict(epochs=4, lr=0.05, batch_size=64, weight_decay=5e-4, ema_decay=0.95,
+              schedule="cosine", channels_last=True)
+_QUICK_ROBUST = dict(_QUICK, epochs=6)     # robust methods: 6 epochs, 5 attack steps
+_QUICK_STEPS = 5
+_QUICK_SOURCE = ("the course's quick recipe (no paper): sized to train in about a minute on a "
+                 "2-core CPU")
 
 
-def _trades(cfg: Config) -> tuple[type, dict]:
-    from .trades import TradesTraining
-
-    _, kwargs = _classical(cfg)
-    return TradesTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
-                                alpha=cfg.alpha_linf, steps=cfg.adv_steps, beta=cfg.trades_beta)
-
-
-def _fire(cfg: Config) -> tuple[type, dict]:
-    from .fire import FireTraining
-
-    _, kwargs = _trades(cfg)
-    return FireTraining, dict(kwargs, beta=cfg.fire_beta)
-
-
-
-def _pgd(cfg: Config) -> tuple[type, dict]:
-    from .adversarial import AdversarialTraining
-
-    _, kwargs = _classical(cfg)
-    return AdversarialTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
-                                     alpha=cfg.alpha_linf, steps=cfg.adv_steps,
-                                     robust_val=cfg.n_attack)
-
-
-def _fgsm(cfg: Config) -> tuple[type, dict]:
-    from .fast import FastAdversarialTraining
-
-    _, kwargs = _classical(cfg)
-    return FastAdversarialTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
-                                         alpha=cfg.alpha_fgsm, schedule="onecycle",
-                                         robust_val=cfg.n_attack)
+def _quick(cfg: Config) -> dict[str, Recipe]:
+    base = dict(_QUICK, augment=cfg.augment, seed=cfg.seed)
+    robust = dict(_QUICK_ROBUST, augment=cfg.augment, seed=cfg.seed, eps=cfg.eps_linf)
+    monitored = dict(robust, robust_val=cfg.n_attack)
+    O = {cls: cls.Options for cls in (ClassicalTraining, AdversarialTraining, TradesTraining,
+                                      FireTraining, FastAdversarialTraining, AutoAttackTraining)}
+    return {
+        "classical": Recipe("classical", ClassicalTraining, O[ClassicalTraining](**base),
+                            _QUICK_SOURCE),
+        "mixup": Recipe("mixup", ClassicalTraining,
+                        O[ClassicalTraining](**base, mixup_alpha=1.0),
+                        _QUICK_SOURCE + "; mixup alpha 1 as Zhang et al. 2018 on CIFAR-10"),
+        "pgd": Recipe("pgd", AdversarialTraining,
+                      O[AdversarialTraining](**monitored, alpha=cfg.alpha_linf,
+                                             steps=_QUICK_STEPS), _QUICK_SOURCE),
+        "fgsm": Recipe("fgsm", FastAdversarialTraining,
+                       O[FastAdversarialTraining](**monitored),
+                       _QUICK_SOURCE + "; FGSM step 1.25 eps and the guard of Wong et al. 2020"),
+        "autoattack": Recipe("autoattack", AutoAttackTraining,
+                             O[AutoAttackTraining](**monitored, steps=_QUICK_STEPS),
+                             _QUICK_SOURCE + "; APGD-CE examples (not a paper's method)"),
+        "trades": Recipe("trades", TradesTraining,
+                         O[TradesTraining](**robust, alpha=cfg.alpha_linf, steps=_QUICK_STEPS,
+                                           beta=6.0),
+                         _QUICK_SOURCE + "; beta 6 as the TRADES paper on CIFAR-10"),
+        "fire": Recipe("fire", FireTraining,
+                       O[FireTraining](**robust, alpha=cfg.alpha_linf, steps=_QUICK_STEPS,
+                                       beta=20.0),
+                       _QUICK_SOURCE + "; beta 20 as the FIRE authors' configs"),
+    }
 
 
-def _autoattack(cfg: Config) -> tuple[type, dict]:
-    from .autoattack_training import AutoAttackTraining
+# -- full: the authors' code on CIFAR-10 --------------------------------------------------------
+_CIFAR_AUG = dict(augment="crop+flip", crop_padding=4, channels_last=True)
+_AMP = ("mixed precision where the device supports it (amp=None: bf16 on GPUs with native bf16, "
+        "else fp16 with loss scaling); the authors trained in fp32")
+_NORMALIZE = ("inputs are normalised inside the model (a Normalize first layer with the "
+              "training set's mean and std); the reference feeds raw [0, 1] pixels to the network")
+_SEEDED = "random draws (data order, crops, attack starts) come from our seeded generators"
 
-    _, kwargs = _classical(cfg)
-    return AutoAttackTraining, dict(kwargs, epochs=cfg.adv_epochs, eps=cfg.eps_linf,
-                                    steps=cfg.adv_steps, robust_val=cfg.n_attack)
+# Rice, Wong & Kolter 2020 (locuslab/robust_overfitting, train_cifar.py): PreAct-ResNet-18,
+# SGD lr 0.1 momentum 0.9 wd 5e-4, batch 128, 200 epochs, lr /10 at 50% and /100 at 75%,
+# PGD-10 eps 8/255 step 2/255 with the model in train mode, and (with --val) 1,000 training
+# images held out to pick the epoch of best PGD-10 accuracy.
+_RICE = dict(_CIFAR_AUG, epochs=200, lr=0.1, batch_size=128, momentum=0.9, weight_decay=5e-4,
+             schedule="piecewise", eps=8 / 255, bn_mode="train", robust_val=1000,
+             robust_val_steps=10, select_best=True)
+_RICE_DEVIATIONS = (
+    "the held-out 1,000 training images are a seeded torch permutation, not the reference's "
+    "numpy permutation (seed 0) in generate_validation.py",
+    "the learning rate drops at the first step of epoch 100 (150), the reference's at the last "
+    "step of epoch 99 (149): it evaluates its schedule at the end of each step",
+    "running BatchNorm statistics are not updated by the attack's forward passes (the "
+    "reference's are)",
+    _AMP, _SEEDED)
 
-RECIPES: dict[str, Callable[[Config], tuple[type, dict]]] = {
-    "classical": _classical,
-    "mixup": _mixup,
-    "trades": _trades,
-    "fire": _fire,
-    "pgd": _pgd,
-    "fgsm": _fgsm,
-    "autoattack": _autoattack,
-}
+
+def _full(cfg: Config) -> dict[str, Recipe]:
+    from .options import (AutoAttackOptions, FastOptions, FireOptions, PGDOptions,
+                          TradesOptions)
+
+    seed = dict(seed=cfg.seed)
+    he = TrainOptions(**_CIFAR_AUG, **seed, epochs=164, lr=0.1, batch_size=128, momentum=0.9,
+                      weight_decay=1e-4, schedule="piecewise", milestones=(82, 123))
+    return {
+        "classical": Recipe(
+            "classical", ClassicalTraining, he,
+            "He, Zhang, Ren & Sun, 'Deep Residual Learning for Image Recognition', CVPR 2016, "
+            "https://arxiv.org/abs/1512.03385, Sec. 4.2: lr 0.1 divided by 10 at 32k and 48k of "
+            "64k iterations (epochs 82 and 123 of 164 at 391 steps per epoch)",
+            ("model: PreAct-ResNet-18 (the robust methods' model), not the paper's ResNet-20..110",
+             "trains on all 50,000 images (the paper holds out 5,000 for its curves) and without "
+             "the 0.01 warm-up it used only for ResNet-110", _AMP, _SEEDED)),
+        "mixup": Recipe(
+            "mixup", ClassicalTraining,
+            TrainOptions(**_CIFAR_AUG, **seed, epochs=200, lr=0.1, batch_size=128,
+                         momentum=0.9, weight_decay=1e-4, schedule="piecewise",
+                         milestones=(100, 150), mixup_alpha=1.0),
+            "Zhang, Cisse, Dauphin & Lopez-Paz, 'mixup: Beyond Empirical Risk Minimization', "
+            "ICLR 2018, https://arxiv.org/abs/1710.09412 (facebookresearch/mixup-cifar10, "
+            "train.py: PreAct-ResNet-18, lr 0.1 /10 at epochs 100 and 150 of 200, wd 1e-4, "
+            "alpha 1)",
+            ("one Beta draw per batch, mixing with a shuffled copy of the batch, as the "
+             "reference; the soft-target cross-entropy equals its mixed criterion", _AMP,
+             _SEEDED)),
+        "pgd": Recipe(
+            "pgd", AdversarialTraining,
+            PGDOptions(**_RICE, **seed, alpha=2 / 255, steps=10),
+            "Madry et al. 2018 (https://arxiv.org/abs/1706.06083) as trained by Rice, Wong & "
+            "Kolter, 'Overfitting in adversarially robust deep learning', ICML 2020, "
+            "https://arxiv.org/abs/2002.11569 (locuslab/robust_overfitting, train_cifar.py "
+            "with --val)", _RICE_DEVIATIONS, model="preact_resnet18", holdout=1000),
+        "fgsm": Recipe(
+            "fgsm", FastAdversarialTraining,
+            FastOptions(**_CIFAR_AUG, **seed, epochs=15, lr=0.2, batch_size=128, momentum=0.9,
+                        weight_decay=5e-4, schedule="onecycle", cycle_peak=0.5, eps=8 / 255,
+                        alpha=10 / 255, bn_mode="train", robust_val=1000),
+            "Wong, Rice & Kolter, 'Fast is better than free', ICLR 2020, "
+            "https://arxiv.org/abs/2001.03994 (locuslab/fast_adversarial, CIFAR10/"
+            "train_fgsm.py: PreAct-ResNet-18, 15 epochs, cyclic lr 0 -> 0.2 -> 0 peaking at "
+            "half of training, FGSM step 10/255 from a random start, eps 8/255)",
+            ("the catastrophic-overfitting guard is on (the reference's --early-stop is "
+             "opt-in); it changes nothing unless PGD accuracy on a training batch collapses",
+             "the reference trains in fp16 with apex O2 and a static loss scale of 1; ours uses "
+             "amp=None (bf16 on GPUs with native bf16, else fp16 with dynamic loss scaling)",
+             "robust_val: PGD accuracy on a stratified subset of the test set is recorded after "
+             "every epoch for the learning curves (the reference evaluates once at the end)",
+             _SEEDED), model="preact_resnet18"),
+        "autoattack": Recipe(
+            "autoattack", AutoAttackTraining,
+            AutoAttackOptions(**_RICE, **seed, steps=10),
+            "not a paper's method: Rice et al.'s PGD-AT recipe (see 'pgd') with APGD-CE "
+            "(Croce & Hein 2020, https://arxiv.org/abs/2003.01690) as the inner attack, 10 "
+            "iterations per batch", _RICE_DEVIATIONS, model="preact_resnet18", holdout=1000),
+        "trades": Recipe(
+            "trades", TradesTraining,
+            TradesOptions(**_CIFAR_AUG, **seed, epochs=76, lr=0.1, batch_size=128, momentum=0.9,
+                          weight_decay=2e-4, schedule="piecewise", milestones=(74,), eps=0.031,
+                          alpha=0.007, steps=10, beta=6.0),
+            "Zhang et al., 'Theoretically Principled Trade-off between Robustness and "
+            "Accuracy', ICML 2019, https://arxiv.org/abs/1901.08573 (yaodongyu/TRADES, "
+            "train_trades_cifar10.py: WRN-34-10, lr 0.1 x0.1 from (1-based) epoch 75 of 76, "
+            "wd 2e-4, eps 0.031, step 0.007, 10 steps, beta 6)",
+            (_NORMALIZE, "the clean forward pass in train mode is shared by the CE and KL terms "
+             "(the reference runs it twice; BatchNorm statistics see the clean batch once)",
+             _AMP, _SEEDED), model="wrn_34_10"),
+        "fire": Recipe(
+            "fire", FireTraining,
+            FireOptions(**_CIFAR_AUG, **seed, epochs=100, lr=0.1, batch_size=256, momentum=0.9,
+                        nesterov=True, weight_decay=5e-4, schedule="piecewise",
+                        milestones=(74, 89, 99), eps=0.031, alpha=0.007, steps=10, beta=20.0,
+                        stability=1e-6),
+            "Picot et al., 'Adversarial Robustness via Fisher-Rao Regularization', IEEE TPAMI "
+            "2022, https://arxiv.org/abs/2106.06685 (MarinePICOT/Adversarial-Robustness-via-"
+            "Fisher-Rao-Regularization, config/cifar10.yaml and src/train.py: WRN-34-10, batch "
+            "256, Nesterov, lr 0.1 'trades_fixed': x0.1 from (1-based) epochs 75, 90 and 100 "
+            "of 100, wd 5e-4, eps 0.031, step 0.007, 10 steps, beta 20)",
+            ("stability 1e-6 instead of the config's 1e-12, which is a no-op in float32 (the "
+             "arccos gradient is then infinite where the two distributions coincide)",
+             "augmentation: pad-4 crop and flip only; the reference's CIFAR transforms also "
+             "apply ColorJitter(0.25, 0.25, 0.25) and RandomRotation(15)",
+             _NORMALIZE + " (get_model(..., normalize_input=False))",
+             _AMP, _SEEDED), model="wrn_34_10"),
+    }
+
+
+_PROFILES: dict[str, Callable[[Config], dict[str, Recipe]]] = {"quick": _quick, "full": _full}
+
+
+def recipe(cfg: Config, method: str = "classical") -> Recipe:
+    """The recipe of ``method`` in ``cfg``'s profile (see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown training method {method!r}; known methods: "
+                         f"{', '.join(METHODS)}")
+    return _PROFILES[cfg.profile](cfg)[method]
+
+
+def holdout_split(data: Dataset, n: int, seed: int):
+    """``(train, val)`` pairs: ``n`` training images (a seeded random choice) held out."""
+    x, y = data.train
+    if not 0 < n < len(y):
+        raise ValueError(f"cannot hold out {n} of {len(y)} training images")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:n], order[n:]
+    return (x[train], y[train]), (x[val], y[val])
 
 
 def _dropblock_callbacks(epochs: int) -> Callable[[nn.Module], list]:
@@ -95,35 +266,37 @@ def _dropblock_callbacks(epochs: int) -> Callable[[nn.Module], list]:
     return make
 
 
-def train_method(cfg: Config, data, method: str = "classical", *, model_name: str | None = None,
-                 regularization: str | None = None, quiet: bool = False,
-                 **overrides) -> tuple[nn.Module, History]:
-    """Train (or load from the cache) ``model_name or cfg.model`` on ``data`` with a recipe.
+def train_method(cfg: Config, data: Dataset, method: str = "classical", *,
+                 model_name: str | None = None, regularization: str | None = None,
+                 quiet: bool = False, **overrides) -> tuple[nn.Module, History]:
+    """Train (or load from the cache) the model of ``method``'s recipe on ``data``.
 
-    ``data`` is a ``Dataset`` (trained on ``.train``, validated on ``.test``). ``overrides``
-    replace recipe arguments (and so change the cache key). ``regularization="dropblock"`` adds
-    the linear DropBlock schedule of Ghiasi et al. 2018 as a callback. The model is initialised
-    from ``cfg.seed`` (or ``seed=`` in ``overrides``), whatever the global generator's state, so
-    the same call gives the same cache entry in every notebook.
+    The model is ``model_name``, else the recipe's, else ``cfg.model``, initialised from the
+    recipe's seed whatever the global generator's state (so the same call gives the same cache
+    entry in every notebook). It trains on ``data.train`` (less the recipe's held-out images)
+    and is validated after every epoch on the held-out images, else on ``data.test``.
+    ``overrides`` replace recipe options (and so change the cache key).
+    ``regularization="dropblock"`` adds the linear DropBlock schedule of Ghiasi et al. 2018.
+    An interrupted training resumes from its last finished epoch (see ``load_or_train``).
 
     >>> model, history = rnb.training.train_method(cfg, data, "classical")
     """
-    if method not in RECIPES:
-        raise ValueError(f"unknown training method {method!r}; known methods: "
-                         f"{', '.join(sorted(RECIPES))}")
-    cls, kwargs = RECIPES[method](cfg)
-    kwargs = {**kwargs, **overrides}
-    seed = kwargs.get("seed", cfg.seed)
+    r = recipe(cfg, method)
+    options = r.options.replace(**overrides) if overrides else r.options
+    name = model_name or r.model
 
     def build() -> nn.Module:
         from .. import models
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = models.for_config(cfg, data, name=model_name, regularization=regularization)
+            torch.manual_seed(options.seed)
+            model = models.for_config(cfg, data, name=name, regularization=regularization)
         return model.to(cfg.device)
 
-    make_callbacks = (_dropblock_callbacks(kwargs["epochs"]) if regularization == "dropblock"
+    train, val = (holdout_split(data, r.holdout, options.seed) if r.holdout
+                  else (data.train, data.test))
+    make_callbacks = (_dropblock_callbacks(options.epochs) if regularization == "dropblock"
                       else None)
-    return load_or_train(cls, build, data, data.test, quiet=quiet, profile=cfg.profile,
-                         make_callbacks=make_callbacks, key_extra={"recipe": method}, **kwargs)
+    return load_or_train(r.trainer, build, train, val, options=options, quiet=quiet,
+                         profile=cfg.profile, make_callbacks=make_callbacks,
+                         key_extra={"recipe": method})
