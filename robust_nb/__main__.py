@@ -1,19 +1,39 @@
-"""Command line: ``python -m robust_nb run [NOTEBOOK ...]`` executes the course headlessly.
+"""Command line: run the course headlessly, or reproduce its results.
 
-The notebooks run in order, in the current profile (``--profile`` or ``$ROBUST_NB_PROFILE``, else
-auto), and the executed copies, with their outputs, are written to ``results/<profile>/``. The run
-stops at the first failing cell and prints that cell's error.
+``python -m robust_nb run [NOTEBOOK ...]`` executes the notebooks in order, in the current profile
+(``--profile`` or ``$ROBUST_NB_PROFILE``, else auto), and writes the executed copies, with their
+outputs, to ``results/<profile>/`` (``--out`` to change it). The run stops at the first failing
+cell and prints that cell's error.
+
+``python -m robust_nb reproduce [NOTEBOOK ...]`` does the same, then writes ``results.md`` (the
+numbers the notebooks recorded with ``rnb.report.record``, with their intervals, and in the full
+profile the published numbers) and every figure of the executed notebooks as
+``figures/<notebook>--<section>-<k>.png``, the section being the nearest markdown heading above
+the figure.
+
+Each kernel gets ``$ROBUST_NB_PROFILE``, ``$ROBUST_NB_RESULTS`` (the output folder, where
+``rnb.report.record`` writes) and ``$ROBUST_NB_NOTEBOOK`` (the notebook's name). Bad arguments
+exit with code 2, a failing notebook with 1.
+
+>>> main(["reproduce", "04", "--profile", "quick"])                    # doctest: +SKIP
+0
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import os
+import re
 import sys
 import time
+import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+FIGURE_DIR = "figures"
 
 
 class NotebookFailed(RuntimeError):
@@ -21,7 +41,8 @@ class NotebookFailed(RuntimeError):
 
 
 def find_notebooks(names: list[str], notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    """Resolve names ("04", "04_attacks", "notebooks/04_attacks.ipynb") to notebook paths, in order."""
+    """Resolve names ("04", "04_attacks", "notebooks/04_attacks.ipynb") to notebook paths, in
+    order; ``ValueError`` names the available notebooks when a name matches none or several."""
     available = sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
     if not names:
         if not available:
@@ -42,68 +63,204 @@ def find_notebooks(names: list[str], notebook_dir: Path = NOTEBOOK_DIR) -> list[
     return sorted(set(chosen), key=lambda p: p.name)
 
 
-def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> float:
-    """Execute one notebook with nbclient (cwd = its folder); write the executed copy; return seconds."""
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables (inherited by the kernels started meanwhile), then restore."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def execute_notebook(path: Path, out_dir: Path, timeout: int = 1800):
+    """Execute one notebook with nbclient (cwd = its folder) and write the executed copy to
+    ``out_dir``; return ``(notebook, seconds)``. The kernel records into ``out_dir``
+    (``$ROBUST_NB_RESULTS``) under the notebook's name (``$ROBUST_NB_NOTEBOOK``); the records
+    that notebook made in an earlier run are forgotten first. Raises :class:`NotebookFailed`
+    (the executed copy up to the failing cell is still written)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     from tqdm.auto import tqdm
 
+    from . import report
+
     nb = nbformat.read(path, as_version=4)
     n_code = sum(cell.cell_type == "code" for cell in nb.cells)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.clear(notebook=path.stem, results_dir=out_dir)
     bar = tqdm(total=n_code, desc=path.stem, unit="cell", leave=True)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_executed=lambda **_: bar.update(1))
     start = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        client.execute()
+        with _environment(**{report.ENV_RESULTS: str(out_dir), report.ENV_NOTEBOOK: path.stem}):
+            client.execute()
     except CellExecutionError as err:
         raise NotebookFailed(f"{path.name} failed:\n{err}") from None
     finally:
         bar.close()
-        nbformat.write(nb, out_dir / path.name)
-    return time.perf_counter() - start
+        report.atomic_write(out_dir / path.name, nbformat.writes(nb))
+    return nb, time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m robust_nb", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="execute notebooks in order and save the executed copies")
-    run.add_argument("notebooks", nargs="*", type=str,
-                     help="notebook names or numbers (default: all, in order)")
-    run.add_argument("--profile", choices=("quick", "full"), default=None,
-                     help="profile for every notebook (default: $ROBUST_NB_PROFILE, else auto)")
-    run.add_argument("--out", type=Path, default=None,
-                     help="folder for the executed notebooks (default: results/<profile>)")
-    run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
-    args = parser.parse_args(argv)
+def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> float:
+    """Execute one notebook (:func:`execute_notebook`) and return the seconds it took."""
+    return execute_notebook(path, out_dir, timeout)[1]
 
-    from .config import resolve_profile
 
-    profile, why = resolve_profile(args.profile)
-    os.environ["ROBUST_NB_PROFILE"] = profile  # the kernels inherit it
-    out_dir = args.out or Path("results") / profile
-    try:
-        paths = find_notebooks(args.notebooks)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"running {len(paths)} notebook(s) in the {profile} profile ({why}); "
-          f"executed copies go to {out_dir}/")
+# -- figures ---------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+def slugify(text: str, max_length: int = 60) -> str:
+    """"Eps sweeps: L-inf vs L2" -> "eps-sweeps-l-inf-vs-l2" (ASCII, lower case, dashes).
+
+    Accents are dropped ("é" -> "e"); any other run of non-alphanumerics becomes one dash.
+
+    >>> slugify("3. Fisher–Rao (FIRE) & `TRADES`, régime")
+    '3-fisher-rao-fire-trades-regime'
+    """
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_length].rstrip("-") or "section"
+
+
+def _last_heading(markdown: str) -> str | None:
+    heading, fenced = None, False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and (m := _HEADING.match(line)):
+            heading = m.group(2)
+    return heading
+
+
+def notebook_figures(nb) -> list[tuple[str, bytes]]:
+    """The PNG outputs of an executed notebook as ``(section slug, png bytes)``, in order; the
+    section is the nearest markdown heading above the output's cell ("top" before any)."""
+    section, figures = "top", []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            heading = _last_heading("".join(cell.source))
+            if heading is not None:
+                section = slugify(heading)
+        elif cell.cell_type == "code":
+            for output in cell.get("outputs", []):
+                png = output.get("data", {}).get("image/png")
+                if png is not None:
+                    data = "".join(png) if isinstance(png, list) else png
+                    figures.append((section, base64.b64decode(data)))
+    return figures
+
+
+def save_figures(nb, stem: str, out_dir: Path) -> list[Path]:
+    """Write every PNG of ``nb`` as ``out_dir/<stem>--<section>-<k>.png`` (k counts from 1 in
+    each section) after deleting that notebook's PNGs of an earlier run; return the paths."""
+    from .report import atomic_write
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob(f"{glob_escape(stem)}--*.png"):
+        old.unlink()
+    counts: dict[str, int] = {}
+    paths = []
+    for section, png in notebook_figures(nb):
+        counts[section] = counts.get(section, 0) + 1
+        paths.append(atomic_write(out_dir / f"{stem}--{section}-{counts[section]}.png", png))
+    return paths
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters in a file name."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+def _run_all(paths: list[Path], out_dir: Path, timeout: int,
+             after: Callable[[Path, object], None] | None = None) -> int:
+    """Execute ``paths`` in order into ``out_dir``, calling ``after(path, nb)`` for each that
+    succeeded; return 0, or 1 at the first failure (reported on stderr)."""
     total = 0.0
     for path in paths:
         try:
-            seconds = run_notebook(path, out_dir, args.timeout)
+            nb, seconds = execute_notebook(path, out_dir, timeout)
         except NotebookFailed as err:
             print(f"\n{err}\nThe executed copy up to the failure is in {out_dir / path.name}",
                   file=sys.stderr)
             return 1
         total += seconds
         print(f"  {path.name}: {seconds:.0f} s")
+        if after is not None:
+            after(path, nb)
     print(f"done: {len(paths)} notebook(s) in {total:.0f} s; executed copies in {out_dir}/")
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m robust_nb",
+                                     description="Run the robust-nb course notebooks headlessly.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    helps = {"run": "execute notebooks in order and save the executed copies",
+             "reproduce": "run, then write results.md and every figure as a PNG"}
+    for name, text in helps.items():
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("notebooks", nargs="*", type=str,
+                         help="notebook names, numbers or .ipynb paths (default: all, in order)")
+        cmd.add_argument("--profile", choices=("quick", "full"), default=None,
+                         help="profile for every notebook (default: $ROBUST_NB_PROFILE, else "
+                              "auto)")
+        cmd.add_argument("--out", type=Path, default=None,
+                         help="output folder (default: $ROBUST_NB_RESULTS, else "
+                              "results/<profile> at the repository root)")
+        cmd.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    from .config import resolve_profile
+    from .report import default_results_dir, write_results_md
+
+    try:
+        profile, why = resolve_profile(args.profile)
+        paths = find_notebooks(args.notebooks)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.timeout < 1:
+        print(f"error: --timeout must be at least 1 second, got {args.timeout}", file=sys.stderr)
+        return 2
+    out_dir = (args.out or default_results_dir(profile)).resolve()
+    print(f"running {len(paths)} notebook(s) in the {profile} profile ({why}); "
+          f"executed copies go to {out_dir}/")
+    with _environment(ROBUST_NB_PROFILE=profile):  # the kernels inherit it
+        if args.command == "run":
+            return _run_all(paths, out_dir, args.timeout)
+        figure_dir = out_dir / FIGURE_DIR
+        saved: list[Path] = []
+        status = _run_all(paths, out_dir, args.timeout,
+                          after=lambda path, nb: saved.extend(save_figures(nb, path.stem,
+                                                                           figure_dir)))
+        results_md = write_results_md(profile, out_dir)
+    print(f"results table: {results_md}")
+    if saved:
+        print(f"figures: {len(saved)} PNG(s) in {figure_dir}/")
+        for path in saved:
+            print(f"  {path.name}")
+    else:
+        print("figures: none (the notebooks run drew no PNG)")
+    return status
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from .layers import (REGULARIZATIONS, DropBlock2d, DropBlockSchedule, Normalize,
                      blocks_from_seeds, check_regularization, drop_block2d, dropblock_drop_rate,
                      dropblock_gamma, dropblock_mask)
 from .resnet import ResNet, preact_resnet, resnet, se_resnet, wide_resnet
+from .robustbench import ModelUnavailableError, load_robustbench, robustbench_weights_path
 from .summary import (count_flops, count_parameters, feature_maps, feature_shapes,
                       layer_gradient_norms, se_gates, summarize)
 
@@ -27,7 +28,8 @@ __all__ = ["build_model", "available_models", "for_config", "Normalize", "DropBl
            "DropBlockSchedule", "drop_block2d", "dropblock_gamma", "dropblock_drop_rate",
            "dropblock_mask", "blocks_from_seeds", "SqueezeExcitation", "ConvNet", "ResNet",
            "REGULARIZATIONS", "count_parameters", "count_flops", "feature_maps", "feature_shapes",
-           "layer_gradient_norms", "se_gates", "summarize"]
+           "layer_gradient_norms", "se_gates", "summarize", "load_robustbench",
+           "robustbench_weights_path", "ModelUnavailableError"]
 
 _FIXED = ("convnet", "resnet18", "resnet34", "resnet50", "resnet101", "preact_resnet18",
           "preact_resnet34", "se_resnet18", "se_resnet34", "se_resnet50")
