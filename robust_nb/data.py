@@ -10,6 +10,8 @@ int64 labels of shape (N,).
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,25 +160,104 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     return _torchvision(name, root, download)
 
 
-def check_images(x: Tensor, y: Tensor | None = None, *, name: str = "images") -> None:
-    """Raise ValueError unless ``x`` is a float (N, C, H, W) batch in [0, 1] matching ``y``."""
+def check_image_format(x: Tensor, y: Tensor | None = None, *, name: str = "images") -> None:
+    """Raise ValueError unless ``x`` is a floating-point (N, C, H, W) tensor and ``y`` (if given) a
+    1-D integer tensor with one label per image. Reads metadata only: no host synchronisation."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be floating point in [0, 1], got dtype {x.dtype}")
-    lo, hi = torch.aminmax(x.detach())
+    if y is None:
+        return
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"labels must be a 1-D tensor with one label per image "
+                         f"({x.shape[0]}), got {shape}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}; "
+                         f"convert them with labels.long()")
+
+
+def check_images(x: Tensor, y: Tensor | None = None, *, name: str = "images",
+                 num_classes: int | None = None) -> None:
+    """Raise ValueError unless ``x`` is a float (N, C, H, W) batch of finite values in [0, 1] and
+    ``y`` (if given) holds one class index per image: >= 0, and < ``num_classes`` when given.
+
+    An empty batch passes. All value checks share one host synchronisation.
+    """
+    check_image_format(x, y, name=name)
+    if x.numel() == 0:
+        return
+    stats = list(torch.aminmax(x.detach()))                          # [min, max] of the images
+    if y is not None:
+        stats += list(torch.aminmax(y.detach()))                     # [min, max] of the labels
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    lo, hi, *label_range = torch.stack([s.to(x.device, dtype) for s in stats]).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):                # aminmax propagates NaN
+        raise ValueError(f"{name} contain NaN or infinite values; find where they come from "
+                         f"(e.g. a division by zero in preprocessing) or replace them with "
+                         f"torch.nan_to_num before attacking or evaluating")
     if lo < 0 or hi > 1:
         raise ValueError(f"{name} must lie in [0, 1] (normalisation lives inside the model); "
-                         f"got values in [{lo.item():.3g}, {hi.item():.3g}]")
-    if y is not None:
-        if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
-            shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(f"labels must be a 1-D tensor with one label per image "
-                             f"({x.shape[0]}), got {shape}")
-        if y.is_floating_point():
-            raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
+                         f"got values in [{lo:.3g}, {hi:.3g}]")
+    if label_range:
+        _check_label_range(*label_range, num_classes)
+
+
+def _check_label_range(lo: float, hi: float, num_classes: int | None) -> None:
+    if num_classes is None and lo < 0:
+        raise ValueError(f"labels must be non-negative class indices, got a minimum of {lo:.0f}")
+    if num_classes is not None and (lo < 0 or hi >= num_classes):
+        raise ValueError(f"labels must be class indices in [0, {num_classes - 1}] for a model with "
+                         f"{num_classes} outputs, got values in [{lo:.0f}, {hi:.0f}]; check the "
+                         f"labels or the model's number of classes")
+
+
+def attack_subset(data: Dataset | tuple[Tensor, Tensor], n: int,
+                  seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A stratified, seeded choice of ``n`` images to attack, as ``(images, labels)``.
+
+    ``data`` is a :class:`Dataset` (its test split is used) or an ``(images, labels)`` pair. With
+    K classes present, every class gets ``n // K`` or ``n // K + 1`` images where it has that
+    many; a class with fewer gives all it has and the other classes share the rest. Which images
+    are chosen, and which classes get the extra one, depend only on ``seed``. No image is chosen
+    twice. The result is ordered round by round (one image of every class, then a second one of
+    every class, ...), so each prefix of it is as balanced as possible too.
+
+    >>> x, y = attack_subset(data, 100, seed=0)      # 10 images of each digit on MNIST
+    """
+    images, labels = _image_label_pair(data)
+    check_image_format(images, labels)
+    total = len(labels)
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or not 1 <= n <= total:
+        raise ValueError(f"n must be an integer in [1, {total}] (the number of images to "
+                         f"choose from), got {n!r}")
+    y = labels.detach().cpu()
+    if y.min() < 0:
+        raise ValueError(f"labels must be non-negative class indices, got {y.min().item()}")
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(total, generator=gen)                      # (N,) random order
+    y_perm = y[perm]
+    grouped = torch.argsort(y_perm, stable=True)                     # (N,) by class, random within
+    counts = torch.bincount(y_perm)                                  # (K,)
+    first = counts.cumsum(0) - counts                                # (K,) start of each group
+    rank = torch.empty_like(perm)                                    # (N,) rank within its class
+    rank[grouped] = torch.arange(total) - first[y_perm[grouped]]
+    class_order = torch.randperm(len(counts), generator=gen)         # (K,) ties between classes
+    key = rank * len(counts) + class_order[y_perm]                   # round first, then class
+    idx = perm[torch.argsort(key)[:int(n)]].to(images.device)        # (n,)
+    return images[idx], labels[idx.to(labels.device)]
+
+
+def _image_label_pair(data) -> tuple[Tensor, Tensor]:
+    if isinstance(data, Dataset):
+        return data.test
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    raise ValueError(f"data must be a Dataset (its test split is used) or an (images, labels) "
+                     f"pair, got {type(data).__name__}")
 
 
 AUGMENTATIONS = ("none", "crop", "flip", "crop+flip")

@@ -7,63 +7,60 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .attacks._base import model_device
-from .data import check_images
-from .modes import model_mode
+from .attacks import (attack_mode, ce_loss, check_model_inputs, default_kwargs, get_attack,
+                      loss_and_grad)
+from .modes import model_device, model_mode
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
-    """Logits of ``model`` on ``x`` in eval mode (the model's mode is restored), on x's device."""
-    check_images(x)
+    """Logits of ``model`` on ``x`` in eval mode (the model's mode is restored), on x's device.
+    ``x``: (N, C, H, W) in [0, 1] in the model's dtype; an empty batch gives (0, K) logits."""
+    check_model_inputs(model, x)
+    return _logits(model, x, batch_size)
+
+
+def _logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     device = model_device(model)
     with model_mode(model, training=False):
-        out = [model(x[i:i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).to(x.device)
+        out = [model(x[i:i + batch_size].to(device)).float()
+               for i in range(0, max(len(x), 1), batch_size)]           # one chunk if empty
+    return torch.cat(out).to(x.device)                                   # (N, K)
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y`` (eval mode; one host sync at the end)."""
-    check_images(x, y)
-    correct = (predict_logits(model, x, batch_size).argmax(1) == y).sum()
+    """Fraction of ``x`` that ``model`` classifies as ``y`` (eval mode). Labels must lie in
+    ``[0, num_classes)``; an empty batch raises (its accuracy is undefined)."""
+    _check_labelled_batch(model, x, y)
+    correct = (_logits(model, x, batch_size).argmax(1) == y.to(x.device)).sum()
     return correct.item() / len(y)
+
+
+def _check_labelled_batch(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    check_model_inputs(model, x, y)
+    if len(x) == 0:
+        raise ValueError("the accuracy of an empty batch is undefined: pass at least one image")
 
 
 # -- robust accuracy and eps sweeps --------------------------------------------------------------
 
-def _attack_fn(attack):
-    """An attack function from its name ("fgsm", "pgd", "apgd", "fab", "square", "autoattack") or
-    a callable ``attack(model, x, y, **kw) -> x_adv``."""
-    if callable(attack):
-        return attack
-    from . import attacks as _attacks
-
-    names = ("fgsm", "pgd", "apgd", "fab", "square", "autoattack")
-    if attack not in names:
-        raise ValueError(f"unknown attack {attack!r}; choose one of {names} or pass a callable")
-    return getattr(_attacks, attack)
-
-
-def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack="pgd", **attack_kwargs) -> float:
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack="pgd",
+                    batch_size: int | None = None, **attack_kwargs) -> float:
     """Accuracy of ``model`` on ``attack(model, x, y, **attack_kwargs)``.
 
+    ``attack`` is a registry name (``rnb.attacks.ATTACKS``) or a callable
+    ``attack(model, x, y, **kw) -> x_adv``. ``batch_size``, if given, goes to the attack and to
+    the accuracy computation.
+
     >>> robust_accuracy(model, x, y, "pgd", eps=0.1, alpha=0.025, steps=10)
+    >>> robust_accuracy(model, x, y, "apgd", **rnb.attacks.default_kwargs("apgd", 0.1))
     """
-    check_images(x, y)
-    x_adv = _attack_fn(attack)(model, x, y, **attack_kwargs)
-    return accuracy(model, x_adv, y)
-
-
-def default_attack_kwargs(attack: str, eps: float, norm: str = "linf", steps: int = 10) -> dict:
-    """Sensible keyword arguments for ``attack`` at radius ``eps``: PGD gets Madry et al.'s step
-    ``alpha = 2.5 eps / steps``; FGSM and the parameter-free attacks need only eps (and norm)."""
-    if attack == "fgsm":
-        return dict(eps=eps)
-    if attack == "pgd":
-        return dict(eps=eps, alpha=2.5 * eps / steps, steps=steps, norm=norm)
-    if attack == "apgd":
-        return dict(eps=eps, norm=norm, steps=steps)
-    return dict(eps=eps, norm=norm)
+    fn = attack if callable(attack) else get_attack(attack).fn
+    _check_labelled_batch(model, x, y)
+    if batch_size is not None:
+        attack_kwargs["batch_size"] = batch_size
+    x_adv = fn(model, x, y, **attack_kwargs)
+    return accuracy(model, x_adv, y, batch_size or 500)
 
 
 @dataclass
@@ -98,27 +95,30 @@ class EpsSweep:
         return ax.figure
 
 
-def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, eps_values, attacks=("pgd",), norm: str = "linf",
-              steps: int = 10, progress: bool = True, **attack_kwargs) -> EpsSweep:
+def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, eps_values, attacks=("pgd",),
+              norm: str = "linf", steps: int = 10, progress: bool = True,
+              **attack_kwargs) -> EpsSweep:
     """Robust accuracy for every eps in ``eps_values`` and every attack name in ``attacks``.
 
-    Attack arguments come from :func:`default_attack_kwargs` (updated by ``attack_kwargs``);
-    eps = 0 is the clean accuracy.
+    Attack arguments come from :func:`robust_nb.attacks.default_kwargs` (``steps`` is the budget
+    of every iterative attack there), updated by ``attack_kwargs``; eps = 0 is the clean
+    accuracy.
     """
     from tqdm.auto import tqdm
 
     eps_values = [float(e) for e in eps_values]
-    if not eps_values or any(e < 0 for e in eps_values):
-        raise ValueError(f"eps_values must be a non-empty list of non-negative numbers, got {eps_values}")
+    if not eps_values or any(not e >= 0 for e in eps_values):
+        raise ValueError(f"eps_values must be a non-empty list of non-negative numbers, "
+                         f"got {eps_values}")
+    for a in attacks:                         # unknown names and norms fail before any work
+        default_kwargs(a, 0.0, norm, steps)
     acc = {a: [] for a in attacks}
     jobs = [(a, e) for a in attacks for e in eps_values]
     for a, e in tqdm(jobs, desc="eps sweep", disable=not progress):
         if e == 0:
             acc[a].append(accuracy(model, x, y))
             continue
-        kw = default_attack_kwargs(a, e, norm, steps) | attack_kwargs
-        if a == "fgsm":
-            kw.pop("norm", None)
+        kw = default_kwargs(a, e, norm, steps) | attack_kwargs
         acc[a].append(robust_accuracy(model, x, y, a, **kw))
     return EpsSweep(eps=eps_values, accuracy=acc, norm=norm)
 
@@ -173,14 +173,17 @@ class MaskingReport:
                 f"PGD at a very large eps   {self.large_eps:7.1%}",
                 f"inputs with zero gradient {self.zero_grad_fraction:7.1%}",
                 f"max logit change, rerun   {self.max_logit_change:9.2e}"]
-        rows += ["warnings:"] + [f"  - {w}" for w in self.warnings] if self.warnings else ["no warning signs"]
+        if not self.warnings:
+            return "\n".join(rows + ["no warning signs"])
+        rows += ["warnings:"] + [f"  - {w}" for w in self.warnings]
         return "\n".join(rows)
 
 
-def gradient_masking_check(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
-                           steps: int = 10, square_queries: int = 1000, large_eps: float | None = None,
-                           strong_steps: int | None = None, strong_restarts: int = 5,
-                           tolerance: float = 0.05, seed: int = 0) -> MaskingReport:
+def gradient_masking_check(model: nn.Module, x: Tensor, y: Tensor, eps: float,
+                           norm: str = "linf", steps: int = 10, square_queries: int = 1000,
+                           large_eps: float | None = None, strong_steps: int | None = None,
+                           strong_restarts: int = 5, tolerance: float = 0.05,
+                           seed: int = 0) -> MaskingReport:
     """Look for the warning signs of gradient masking listed by Croce & Hein 2020
     (https://arxiv.org/abs/2003.01690) and Athalye et al. 2018 (https://arxiv.org/abs/1802.00420):
 
@@ -191,27 +194,27 @@ def gradient_masking_check(model: nn.Module, x: Tensor, y: Tensor, eps: float, n
     4. many more steps and restarts lower the accuracy a lot;
     5. the model's outputs are not deterministic (randomised defenses need EOT).
 
-    The strong PGD uses ``strong_steps`` (default ``10 * steps``) steps of a quarter of the step
-    size and ``strong_restarts`` restarts. ``tolerance`` is the accuracy gap that counts as "a
-    lot". Returns a :class:`MaskingReport`.
+    Every PGD here takes Madry et al.'s step for its step count,
+    ``rnb.attacks.madry_alpha(eps, n) = 2.5 * eps / n``: the plain PGD ``steps`` steps, the
+    strong PGD ``strong_steps`` (default ``10 * steps``) steps of ``2.5 * eps / strong_steps``
+    (a tenth of the plain step with the default) and ``strong_restarts`` restarts. Square gets
+    ``square_queries`` queries. ``tolerance`` is the accuracy gap that counts as "a lot".
+    Returns a :class:`MaskingReport`.
     """
-    from .attacks import pgd, square
-    from .attacks._base import attack_mode, loss_and_grad
-    from .attacks._losses import ce_loss
-
-    check_images(x, y)
+    _check_labelled_batch(model, x, y)
     device = model_device(model)
     x, y = x.to(device), y.to(device)
-    alpha = 2.5 * eps / steps
     large = large_eps if large_eps is not None else (0.5 if norm == "linf" else 10 * eps)
-    clean = accuracy(model, x, y)
-    acc_pgd = robust_accuracy(model, x, y, pgd, eps=eps, alpha=alpha, steps=steps, norm=norm, seed=seed)
     n_strong = strong_steps or 10 * steps
-    acc_strong = robust_accuracy(model, x, y, pgd, eps=eps, alpha=2.5 * eps / n_strong, steps=n_strong,
-                                 norm=norm, restarts=strong_restarts, seed=seed)
-    acc_square = robust_accuracy(model, x, y, square, eps=eps, norm=norm, queries=square_queries, seed=seed)
-    acc_large = robust_accuracy(model, x, y, pgd, eps=large, alpha=2.5 * large / steps, steps=steps,
-                                norm=norm, seed=seed)
+    clean = accuracy(model, x, y)
+    acc_pgd = robust_accuracy(model, x, y, "pgd", seed=seed,
+                              **default_kwargs("pgd", eps, norm, steps))
+    acc_strong = robust_accuracy(model, x, y, "pgd", seed=seed, restarts=strong_restarts,
+                                 **default_kwargs("pgd", eps, norm, n_strong))
+    acc_square = robust_accuracy(model, x, y, "square", eps=eps, norm=norm,
+                                 queries=square_queries, seed=seed)
+    acc_large = robust_accuracy(model, x, y, "pgd", seed=seed,
+                                **default_kwargs("pgd", large, norm, steps))
     with attack_mode(model):
         _, _, grad = loss_and_grad(model, x, ce_loss, y)
         zero_grad = (grad.flatten(1).abs().sum(1) <= 1e-12).float().mean().item()
@@ -221,11 +224,13 @@ def gradient_masking_check(model: nn.Module, x: Tensor, y: Tensor, eps: float, n
 
     warnings = []
     if acc_square < min(acc_pgd, acc_strong) - tolerance:
-        warnings.append(f"Square (no gradients) beats PGD: {acc_square:.1%} < {min(acc_pgd, acc_strong):.1%}")
+        warnings.append(f"Square (no gradients) beats PGD: {acc_square:.1%} < "
+                        f"{min(acc_pgd, acc_strong):.1%}")
     if zero_grad > 0.1:
         warnings.append(f"{zero_grad:.0%} of the inputs have a zero loss gradient")
     if acc_large > 1.0 / n_classes + 0.1:
-        warnings.append(f"accuracy stays at {acc_large:.1%} at eps={large:g} (expected near chance)")
+        warnings.append(f"accuracy stays at {acc_large:.1%} at eps={large:g} "
+                        f"(expected near chance)")
     if acc_pgd - acc_strong > tolerance:
         warnings.append(f"more steps and restarts help a lot: {acc_pgd:.1%} -> {acc_strong:.1%}")
     if change > 1e-4:

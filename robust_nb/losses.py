@@ -4,7 +4,8 @@ Nothing here touches a model's train/eval mode, zeroes gradients or picks a devi
 takes tensors and returns tensors on the device it was given.
 
 * :func:`mixup_batch` -- mixup (Zhang et al. 2018, https://arxiv.org/abs/1710.09412).
-* :func:`trades_loss` -- TRADES (Zhang et al. 2019, https://arxiv.org/abs/1901.08573).
+* :func:`trades_loss`, :func:`kl_divergence_sum` -- TRADES (Zhang et al. 2019,
+  https://arxiv.org/abs/1901.08573).
 * :func:`fisher_rao_distance`, :func:`fire_loss` -- FIRE (Picot et al. 2022,
   https://arxiv.org/abs/2106.06685).
 """
@@ -124,6 +125,19 @@ def trades_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float
     log_q = F.log_softmax(logits_adv, dim=1)                        # (B, K) adversarial
     kl = (log_p.exp() * (log_p - log_q)).sum() / len(y)             # KL(p || q), batch mean
     return natural + beta * kl
+
+
+def kl_divergence_sum(logits_clean: Tensor, logits_adv: Tensor) -> Tensor:
+    """``sum_i KL(softmax(clean_i) || softmax(adv_i))`` over the batch, a scalar: the loss TRADES'
+    inner maximisation ascends (the reference's ``KLDivLoss(reduction="sum")`` of
+    ``log_softmax(adv)`` against ``softmax(clean)``), computed in (at least) float32 from
+    log-softmaxes. ``logits_clean``, ``logits_adv``: (B, K)."""
+    if logits_clean.dim() != 2 or logits_clean.shape != logits_adv.shape:
+        raise ValueError("logits_clean and logits_adv must both have shape (B, K); got "
+                         f"{tuple(logits_clean.shape)} and {tuple(logits_adv.shape)}")
+    log_p = F.log_softmax(_at_least_float32(logits_clean), dim=1)     # (B, K)
+    log_q = F.log_softmax(_at_least_float32(logits_adv), dim=1)       # (B, K)
+    return (log_p.exp() * (log_p - log_q)).sum()
 
 
 def fisher_rao_distance(p: Tensor, q: Tensor) -> Tensor:

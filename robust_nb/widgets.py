@@ -6,40 +6,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attacks._base import model_device
+from .attacks import default_kwargs, get_attack
 from .data import check_images
 from .evaluation import predict_logits
+from .modes import model_device
 
-EXPLORER_ATTACKS = ("fgsm", "pgd", "apgd", "square")
+EXPLORER_ATTACKS = ("fgsm", "pgd", "apgd", "square")     # the explorer's menu (fast enough)
 
 
 def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack: str = "pgd",
                    norm: str = "linf", eps: float = 0.1, steps: int = 10, seed: int = 0) -> dict:
-    """Attack one image (C, H, W) and return a dict with ``x``, ``x_adv`` (1, C, H, W), the clean
-    and adversarial predictions and probabilities, and the figure (clean | adversarial | amplified
-    perturbation) that :func:`attack_explorer` shows."""
+    """Attack one image (C, H, W) with the registry attack ``attack`` at its default arguments
+    (:func:`robust_nb.attacks.default_kwargs` for ``eps``, ``norm``, ``steps``) and return a dict
+    with ``x``, ``x_adv`` (1, C, H, W), the clean and adversarial predictions and probabilities,
+    and the figure (clean | adversarial | amplified perturbation) that :func:`attack_explorer`
+    shows."""
     import matplotlib.pyplot as plt
 
-    from . import attacks
     from .plots import _to_numpy_image
 
-    if attack not in EXPLORER_ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; choose one of {EXPLORER_ATTACKS}")
-    if attack == "fgsm" and norm != "linf":
-        raise ValueError("FGSM is an L-inf attack; choose norm='linf'")
+    spec = get_attack(attack)
+    kwargs = default_kwargs(attack, eps, norm, steps)     # rejects a norm the attack lacks
     x = image.unsqueeze(0) if image.dim() == 3 else image
     check_images(x)
     device = model_device(model)
     y = torch.as_tensor([int(label)], device=device)
     x = x.to(device)
-    if attack == "fgsm":
-        x_adv = attacks.fgsm(model, x, y, eps, seed=seed)
-    elif attack == "pgd":
-        x_adv = attacks.pgd(model, x, y, eps, 2.5 * eps / steps, steps, norm=norm, seed=seed)
-    elif attack == "apgd":
-        x_adv = attacks.apgd(model, x, y, eps, norm=norm, steps=steps, seed=seed)
-    else:
-        x_adv = attacks.square(model, x, y, eps, norm=norm, queries=50 * steps, seed=seed)
+    x_adv = spec(model, x, y, seed=seed, **kwargs)
     probs = predict_logits(model, torch.cat([x, x_adv])).softmax(1).cpu()   # (2, K)
     clean_pred, adv_pred = probs.argmax(1).tolist()
     delta = (x_adv - x)[0].cpu()
@@ -81,8 +74,9 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
     def redraw(*_):
         with out:
             out.clear_output(wait=True)
-            if attack.value == "fgsm" and norm.value != "linf":
-                print("FGSM is defined for L-inf only")
+            norms = get_attack(attack.value).norms
+            if norm.value not in norms:
+                print(f"{attack.value} is defined for norm {' or '.join(norms)} only")
                 return
             res = attack_example(model, images[index.value], labels[index.value], attack.value,
                                  norm.value, eps.value, steps)

@@ -1,61 +1,28 @@
-"""Attacks: the contract (for every attack), reproducibility, and cross-checks against torchattacks.
+"""Attacks: the contract (for every attack), reproducibility, input checks, and cross-checks against
+torchattacks.
 
-The trained model is a small convnet (with BatchNorm, so a forgotten train/eval switch would change
-its running statistics) trained for one epoch on the embedded MNIST subset: a few seconds.
+The trained model (conftest.py's ``trained_convnet``) is a small convnet with BatchNorm, so a
+forgotten train/eval switch would change its running statistics.
 """
 
-import functools
+import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import robust_nb as rnb
-from robust_nb.attacks import apgd, autoattack, fab, fgsm, pgd, run_autoattack, square
-from robust_nb.attacks._base import attack_mode, batchnorm_as_affine, lp_norm
-from robust_nb.attacks._losses import dlr_loss, dlr_targeted_loss, margin
+from robust_nb.attacks import (apgd, attack_mode, autoattack, batchnorm_as_affine, dlr_loss,
+                               dlr_targeted_loss, fab, fgsm, fisher_rao, lp_norm, margin, pgd,
+                               run_autoattack, square, trades_kl)
 from robust_nb.evaluation import accuracy
 
 EPS = 0.1                     # L-inf, pixel units
 EPS_L2 = 1.5
 
 
-def small_convnet(mean: float = 0.1307, std: float = 0.3081) -> nn.Module:
-    class Normalize(nn.Module):
-        def forward(self, x):
-            return (x - mean) / std
-
-    return nn.Sequential(Normalize(), nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-@functools.lru_cache(maxsize=1)
-def trained_convnet(epochs: int = 1):
-    """(model in eval mode, 256 test images, their labels); shared by test_evaluation.py."""
-    data = rnb.data.load_dataset("mnist-5k")
-    torch.manual_seed(0)
-    model = small_convnet()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    x, y = data.train
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    xt, yt = data.test                 # sorted by class: take a fixed random subset of 256
-    idx = torch.randperm(len(yt), generator=torch.Generator().manual_seed(1))[:256]
-    return model, xt[idx], yt[idx]
-
-
 @pytest.fixture(scope="module")
-def trained():
-    return trained_convnet()
+def trained(trained_convnet):
+    return trained_convnet
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +53,9 @@ ATTACKS = {
     "autoattack-custom-l2": ("l2", lambda m, x, y, s: autoattack(m, x, y, EPS_L2, norm="l2", seed=s,
                                                                  attacks=["apgd-dlr", "square"], steps=5,
                                                                  square_queries=30)),
+    "trades": ("linf", lambda m, x, y, s: trades_kl(m, x, y, EPS, alpha=0.025, steps=5, seed=s)),
+    "fire": ("linf", lambda m, x, y, s: fisher_rao(m, x, y, EPS, alpha=0.025, steps=5, seed=s,
+                                                   batch_size=20)),
 }
 
 
@@ -139,6 +109,77 @@ def test_attack_rejects_bad_inputs(name, trained, batch):
         attack(model, x[:, 0], y, 0)
     with pytest.raises(ValueError, match="one label per image"):
         attack(model, x, y[:3], 0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_rejects_non_finite_images(name, bad, trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:4].clone(), batch[1][:4]
+    x[2, 0, 5, 7] = bad
+    with pytest.raises(ValueError, match="images contain NaN or infinite values"):
+        ATTACKS[name][1](model, x, y, 0)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_rejects_labels_outside_the_model_classes(name, trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:4], batch[1][:4].clone()
+    _, attack = ATTACKS[name]
+    y[1] = 10                                          # a 10-class model: 10 is no class
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 9\].*\[.*, 10\]"):
+        attack(model, x, y, 0)
+    y[1] = -1
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 9\]"):
+        attack(model, x, y, 0)
+
+
+def test_targeted_pgd_rejects_target_labels_outside_the_model_classes(trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:4], batch[1][:4]
+    with pytest.raises(ValueError, match=r"target labels must lie in \[0, 9\]"):
+        pgd(model, x, y, EPS, 0.01, 2, targeted=True, target=torch.full_like(y, 12))
+    with pytest.raises(ValueError, match="target must be a tensor of integer target labels"):
+        pgd(model, x, y, EPS, 0.01, 2, targeted=True, target=y[:2])
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_rejects_images_in_another_dtype_than_the_model(name, trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:4], batch[1][:4]
+    with pytest.raises(ValueError, match=r"images are torch.float64 but the model computes in "
+                                         r"torch.float32.*images.to\(torch.float32\)"):
+        ATTACKS[name][1](model, x.double(), y, 0)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_on_an_empty_batch_returns_an_empty_batch(name, trained, batch):
+    model, _, _ = trained
+    x, y = batch[0][:0], batch[1][:0]
+    x_adv = ATTACKS[name][1](model, x, y, 0)
+    assert x_adv.shape == (0, 1, 28, 28) and x_adv.dtype == x.dtype and x_adv is not x
+
+
+def test_attacks_run_in_float64_on_a_float64_model(trained, batch):
+    model, _, _ = trained
+    model64 = copy.deepcopy(model).double()
+    x, y = batch[0][:32].double(), batch[1][:32]
+    clean = accuracy(model64, x, y)
+    for x_adv in (pgd(model64, x, y, EPS, 0.025, 5), apgd(model64, x, y, EPS, steps=5),
+                  trades_kl(model64, x, y, eps=EPS, alpha=0.025, steps=5)):
+        assert x_adv.dtype == torch.float64
+        assert lp_norm(x_adv - x, "linf").max() <= EPS + 1e-12
+        assert 0 <= x_adv.min() and x_adv.max() <= 1
+    assert accuracy(model64, pgd(model64, x, y, EPS, 0.025, 5), y) < clean
+
+
+def test_labels_are_optional_only_for_the_divergence_attacks(trained, batch):
+    model, _, _ = trained
+    x = batch[0][:4]
+    assert trades_kl(model, x, eps=EPS, alpha=0.025, steps=2).shape == x.shape
+    assert fisher_rao(model, x, None, eps=EPS, alpha=0.025, steps=2).shape == x.shape
+    with pytest.raises(ValueError, match="needs the true labels y"):
+        pgd(model, x, None, EPS, 0.025, 2)
 
 
 def test_bad_arguments_raise(trained, batch):

@@ -1,4 +1,4 @@
-"""Robust accuracy, eps sweeps, the gradient-masking check and the attack explorer."""
+"""Robust accuracy, eps sweeps, input checks, the gradient-masking check and the attack explorer."""
 
 import matplotlib
 
@@ -6,17 +6,16 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from test_attacks import trained_convnet  # noqa: E402  (the shared, cached small trained model)
 
 from robust_nb.attacks import fgsm, pgd  # noqa: E402
-from robust_nb.evaluation import (InputQuantization, accuracy, eps_sweep, gradient_masking_check,  # noqa: E402
-                                  robust_accuracy)
+from robust_nb.evaluation import (InputQuantization, accuracy, eps_sweep,  # noqa: E402
+                                  gradient_masking_check, predict_logits, robust_accuracy)
 from robust_nb.widgets import attack_example, attack_explorer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def trained():
-    model, x, y = trained_convnet()
+def trained(trained_convnet):
+    model, x, y = trained_convnet
     return model, x[:64], y[:64]
 
 
@@ -90,3 +89,51 @@ def test_attack_example_and_explorer(trained):
     norm_dropdown, eps_slider = widget.children[1].children
     norm_dropdown.value = "l2"                             # switching norm rescales the eps slider
     assert eps_slider.max == pytest.approx(2.0)
+
+
+def test_robust_accuracy_passes_batch_size_to_the_attack(trained):
+    model, x, y = trained
+    seen = {}
+
+    def spy(model, x, y, **kw):
+        seen.update(kw)
+        return x.clone()
+
+    assert robust_accuracy(model, x, y, spy, batch_size=7, eps=0.1) == accuracy(model, x, y)
+    assert seen == {"batch_size": 7, "eps": 0.1}
+    kw = dict(eps=0.1, alpha=0.025, steps=5, random_start=False)
+    assert (robust_accuracy(model, x, y, "pgd", batch_size=16, **kw)
+            == accuracy(model, pgd(model, x, y, batch_size=16, **kw), y))
+    for name in ("fgsm", "trades"):                    # every registry attack takes batch_size
+        assert 0 <= robust_accuracy(model, x, y, name, batch_size=16, eps=0.1) <= 1
+
+
+def test_unknown_attack_lists_the_registry(trained):
+    model, x, y = trained
+    with pytest.raises(ValueError, match="unknown attack 'cw'.*'fgsm'.*'autoattack'.*'fire'"):
+        robust_accuracy(model, x, y, "cw", eps=0.1)
+    with pytest.raises(ValueError, match="unknown attack 'cw'"):
+        eps_sweep(model, x, y, [0.0, 0.1], attacks=("pgd", "cw"), progress=False)
+    with pytest.raises(ValueError, match="fgsm supports L-inf only"):
+        eps_sweep(model, x, y, [0.1], attacks=("fgsm",), norm="l2", progress=False)
+
+
+def test_accuracy_checks_its_inputs(trained):
+    model, x, y = trained
+    bad = y.clone()
+    bad[3] = 10
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\] for a model with 10 outputs"):
+        accuracy(model, x, bad)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\]"):
+        robust_accuracy(model, x, bad, "pgd", eps=0.1, alpha=0.025, steps=2)
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        accuracy(model, nan, y)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        predict_logits(model, nan)
+    with pytest.raises(ValueError, match="torch.float64 but the model computes in torch.float32"):
+        accuracy(model, x.double(), y)
+    with pytest.raises(ValueError, match="empty batch"):
+        accuracy(model, x[:0], y[:0])
+    assert predict_logits(model, x[:0]).shape == (0, 10)

@@ -1,8 +1,8 @@
-"""APGD: Auto-PGD with step-size halving at checkpoints and momentum (Croce & Hein 2020).
+"""APGD: Auto-PGD, PGD with momentum and per-sample step-size halving at checkpoints (L-inf, L2).
 
-Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+Paper: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020, https://arxiv.org/abs/2003.01690 (Algorithm 1), following the
-authors' reference code ``fra31/auto-attack`` (``autoattack/autopgd_base.py``):
+authors' code ``fra31/auto-attack`` (``autoattack/autopgd_base.py``):
 
 * start at a random point on the eps-sphere (L-inf: uniform noise rescaled to L-inf norm eps;
   L2: Gaussian noise rescaled to L2 norm eps), step size ``eta = 2 eps``;
@@ -17,14 +17,17 @@ authors' reference code ``fra31/auto-attack`` (``autoattack/autopgd_base.py``):
   input, ``n_target_classes`` runs, as APGD-T);
 * ``restarts`` runs (and each target) are applied only to points not yet misclassified.
 
-Deviations from the reference code, all minor: condition (1) counts increases relative to the loss
+Deviations from the authors' code, all minor: condition (1) counts increases relative to the loss
 at the starting point for the first window (the reference compares with a not-yet-written row of
 zeros there); for points the attack does not fool we return the highest-loss point found instead
 of the clean input (both are inside the ball; robust accuracy is unaffected); the per-sample step
 size bookkeeping uses ``torch.where`` instead of index assignment, so there is no host sync inside
-the iteration loop.
+the iteration loop; random numbers come from a generator seeded with ``seed``.
 
-Norms: L-inf and L2. Defaults: 100 steps, CE, one restart. Inputs: images in [0, 1], (N, C, H, W).
+Arguments: ``eps`` the radius in pixel space; ``norm`` "linf" or "l2"; ``steps`` (100);
+``loss`` "ce" or "dlr"; ``targeted`` (APGD-T; use ``loss="dlr"`` for the reference's targeted
+DLR) with ``n_target_classes`` (9) targets; ``restarts`` (1); ``seed``; ``batch_size`` (all at
+once by default); ``rho`` (0.75). Inputs: images in [0, 1], (N, C, H, W), in the model's dtype.
 
 >>> x_adv = apgd(model, x, y, eps=8 / 255)                                   # APGD-CE
 >>> x_adv = apgd(model, x, y, eps=8 / 255, loss="dlr", targeted=True)        # APGD-T, 9 targets
@@ -35,16 +38,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
-                    make_generator, model_device, normalize_direction, project)
-from ._losses import loss_fn
+from ..modes import model_device
+from .core import (attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
+                   make_generator, normalize_direction, per_sample, project)
+from .objectives import loss_fn
 
 
 def _sphere_start(x: Tensor, eps: float, norm: str, gen: torch.Generator) -> Tensor:
-    """The reference code's starting point: noise rescaled to norm exactly eps, clipped to [0, 1]."""
+    """The reference's starting point: noise rescaled to norm exactly eps, clipped to [0, 1]."""
     if norm == "linf":
         t = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
-        t = t / (_view(t.flatten(1).abs().amax(1), x) + 1e-12)
+        t = t / (per_sample(t.flatten(1).abs().amax(1), x) + 1e-12)
     else:
         t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         t = normalize_direction(t, "l2")
@@ -69,23 +73,23 @@ def _apgd_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, ste
     x_prev = x_adv
     since_check = 0
     best_at_check = loss_best.clone()
-    halved_at_check = torch.ones_like(fooled)   # the reference starts "reduced" so (2) waits a window
+    halved_at_check = torch.ones_like(fooled)   # the reference starts "reduced": (2) waits a window
 
     for i in range(steps):
         with torch.no_grad():
             a = 0.75 if i > 0 else 1.0
-            z = project(x_adv + _view(step, x) * normalize_direction(grad, norm), x, eps, norm)
+            z = project(x_adv + per_sample(step, x) * normalize_direction(grad, norm), x, eps, norm)
             x_new = project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps, norm)
             x_prev, x_adv = x_adv, x_new
 
         loss_i, logits, grad = loss_and_grad(model, x_adv, loss, *loss_args)
         wrong = logits.argmax(1) != y
-        x_fooled = torch.where(_view(wrong, x), x_adv, x_fooled)
+        x_fooled = torch.where(per_sample(wrong, x), x_adv, x_fooled)
         fooled = fooled | wrong
         history[i + 1] = loss_i
         improved = loss_i > loss_best
-        x_best = torch.where(_view(improved, x), x_adv, x_best)
-        grad_best = torch.where(_view(improved, x), grad, grad_best)
+        x_best = torch.where(per_sample(improved, x), x_adv, x_best)
+        grad_best = torch.where(per_sample(improved, x), grad, grad_best)
         loss_best = torch.where(improved, loss_i, loss_best)
 
         since_check += 1
@@ -96,13 +100,13 @@ def _apgd_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, ste
             stalled = ~halved_at_check & (best_at_check >= loss_best)              # condition (2)
             halve = oscillating | stalled
             step = torch.where(halve, step / 2, step)
-            x_adv = torch.where(_view(halve, x), x_best, x_adv)
-            grad = torch.where(_view(halve, x), grad_best, grad)
+            x_adv = torch.where(per_sample(halve, x), x_best, x_adv)
+            grad = torch.where(per_sample(halve, x), grad_best, grad)
             halved_at_check, best_at_check = halve, loss_best.clone()
             since_check = 0
             k = max(k - k_decr, k_min)
 
-    return torch.where(_view(fooled, x), x_fooled, x_best), fooled
+    return torch.where(per_sample(fooled, x), x_fooled, x_best), fooled
 
 
 def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf", steps: int = 100,
@@ -113,6 +117,8 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
     check_attack_inputs(model, x, y, eps, norm)
     if steps < 1 or restarts < 1:
         raise ValueError(f"need steps >= 1 and restarts >= 1, got {steps}, {restarts}")
+    if len(x) == 0:
+        return x.detach().clone()
     fn = loss_fn(loss, targeted)
     device = model_device(model)
     gen = make_generator(device, seed)
@@ -123,7 +129,8 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
             clean_logits = model(xb).float()
         n_classes = clean_logits.shape[1]
         if targeted and not 1 <= n_target_classes <= n_classes - 1:
-            raise ValueError(f"n_target_classes must be in [1, {n_classes - 1}], got {n_target_classes}")
+            raise ValueError(f"n_target_classes must be in [1, {n_classes - 1}], "
+                             f"got {n_target_classes}")
         robust = clean_logits.argmax(1) == yb
         out = xb.clone()
         # target rank r = 2 ... n+1 of the clean logits (APGD-T); a single pass for untargeted.
@@ -136,7 +143,8 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
                 args = (yb[idx],)
                 if rank is not None:
                     args += (clean_logits[idx].argsort(dim=1)[:, -rank],)
-                x_run, fooled = _apgd_run(model, xb[idx], yb[idx], eps, norm, steps, fn, args, rho, gen)
+                x_run, fooled = _apgd_run(model, xb[idx], yb[idx], eps, norm, steps, fn, args,
+                                          rho, gen)
                 out[idx] = x_run
                 robust[idx] = ~fooled
         return out

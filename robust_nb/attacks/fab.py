@@ -40,8 +40,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
-                    make_generator, model_device)
+from ..modes import model_device
+from .core import (attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
+                   make_generator)
+from .core import per_sample as _view
 
 
 def fab(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",

@@ -1,12 +1,20 @@
-"""FGSM: one signed-gradient step (Goodfellow et al. 2015), optionally from a random start (Wong et al. 2020).
+"""FGSM: one signed-gradient step on the cross-entropy, optionally from a random start (L-inf).
+
+Papers:
 
 * Goodfellow, Shlens & Szegedy, "Explaining and harnessing adversarial examples", ICLR 2015,
   https://arxiv.org/abs/1412.6572 -- ``x + eps * sign(grad_x CE)``.
 * Wong, Rice & Kolter, "Fast is better than free: revisiting adversarial training", ICLR 2020,
-  https://arxiv.org/abs/2001.03994 -- start at a uniform random point of the eps-ball, step
-  ``alpha = 1.25 * eps``, project back onto the ball ("FGSM-RS").
+  https://arxiv.org/abs/2001.03994 (code: locuslab/fast_adversarial) -- "FGSM-RS": start at a
+  uniform random point of the eps-ball, step ``alpha = 1.25 * eps``, project back onto the ball.
 
-Norm: L-inf. Defaults: no random start, ``alpha = eps``. Inputs: images in [0, 1], (N, C, H, W).
+Deviations: none in the algorithm. The gradient is that of the summed (not averaged) loss, which
+has the same sign; on a power-of-two batch the result equals ``torchattacks.FGSM`` pixel for
+pixel (tested). The random start comes from a generator seeded with ``seed``.
+
+Arguments: ``eps`` the L-inf radius in pixel space; ``random_start`` (False); ``alpha`` the step
+(default ``eps``); ``seed``; ``amp`` bf16 autocast for the forward pass; ``batch_size`` (all at
+once by default). Inputs: images in [0, 1], (N, C, H, W), in the model's dtype.
 
 >>> x_adv = fgsm(model, x, y, eps=8 / 255)
 >>> x_adv = fgsm(model, x, y, eps=8 / 255, random_start=True, alpha=10 / 255)   # FGSM-RS
@@ -16,23 +24,33 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._base import (attack_mode, batchnorm_as_affine, check_attack_inputs, loss_and_grad, make_generator,
-                    model_device, project, random_start as _random_start)
-from ._losses import ce_loss
+from ..modes import model_device
+from .core import (attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
+                   make_generator, project)
+from .core import random_start as _random_start
+from .objectives import ce_loss
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, random_start: bool = False,
-         alpha: float | None = None, seed: int = 0, amp: bool = False) -> Tensor:
-    """One L-inf gradient-sign step of size ``alpha`` (default ``eps``; 1.25 eps is Wong et al.'s
-    choice with a random start), projected onto the eps-ball and [0, 1]. Returns a new tensor."""
+         alpha: float | None = None, seed: int = 0, amp: bool = False, *,
+         batch_size: int | None = None) -> Tensor:
+    """One L-inf gradient-sign step of size ``alpha`` (default ``eps``) from ``x`` or from a random
+    point of the ball, projected onto the eps-ball and [0, 1]. Returns a new tensor."""
     check_attack_inputs(model, x, y, eps)
     alpha = float(eps) if alpha is None else float(alpha)
     if alpha < 0:
         raise ValueError(f"alpha must be non-negative, got {alpha}")
+    if len(x) == 0:
+        return x.detach().clone()
     device = model_device(model)
+    gen = make_generator(device, seed)
     x0, y = x.detach().to(device), y.to(device)
+
+    def step(xb: Tensor, yb: Tensor) -> Tensor:
+        x_adv = _random_start(xb, eps, "linf", gen) if random_start else xb
+        _, _, grad = loss_and_grad(model, x_adv, ce_loss, yb, amp=amp)
+        return project(x_adv + alpha * grad.sign(), xb, eps, "linf")
+
     with attack_mode(model), batchnorm_as_affine(model):
-        x_adv = _random_start(x0, eps, "linf", make_generator(device, seed)) if random_start else x0
-        _, _, grad = loss_and_grad(model, x_adv, ce_loss, y, amp=amp)
-        x_adv = project(x_adv + alpha * grad.sign(), x0, eps, "linf")
-    return x_adv.to(x.device)
+        out = batched(step, x0, y, batch_size)
+    return out.to(x.device)

@@ -1,24 +1,25 @@
-"""PGD: projected gradient descent on the loss, L-inf or L2 (Madry et al. 2018).
+"""PGD: projected gradient ascent on the loss inside an L-inf or L2 ball (Madry et al. 2018).
 
-Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards deep learning models resistant to adversarial
-attacks", ICLR 2018, https://arxiv.org/abs/1706.06083.
-
+Paper: Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards deep learning models resistant to
+adversarial attacks", ICLR 2018, https://arxiv.org/abs/1706.06083 (code: MadryLab/robustness).
 Each step moves ``alpha`` along the steepest-ascent direction of the norm (``sign(g)`` for L-inf,
-``g / ||g||_2`` for L2) and projects back onto the eps-ball intersected with [0, 1]. Options:
+``g / ||g||_2`` for L2) and projects back onto the eps-ball intersected with [0, 1]. A good step
+for ``steps`` steps is :func:`~robust_nb.attacks.madry_alpha` (``2.5 * eps / steps``).
 
-* ``random_start``: begin at a uniform point of the L-inf ball (L2: random direction, radius
-  uniform in [0, eps]);
-* ``restarts``: independent runs; each sample keeps its worst case (a misclassified point if any
-  run found one -- for a targeted attack, a point classified as the target -- otherwise the point
-  of highest loss);
-* ``loss``: "ce" or "dlr" (Croce & Hein 2020); ``targeted=True`` needs ``target`` labels and then
-  minimises CE to the target, or maximises the targeted DLR loss;
-* ``amp``: forward passes under bf16 autocast (faster on GPUs with bf16 tensor cores; the
-  gradient direction is what matters, so the precision loss is harmless here).
+Deviations: the L2 random start is a random direction with a radius uniform in [0, eps] (the
+robustness library samples the sphere, then clips); with several restarts each sample keeps its
+worst case (a misclassified point if any run found one -- for a targeted attack, a point
+classified as the target -- otherwise the point of highest loss); the gradient is that of the
+summed loss. With ``random_start=False`` and one restart the L-inf attack equals
+``torchattacks.PGD`` step for step (tested pixel for pixel).
 
-Defaults: ``norm="linf"``, random start, one run, CE. Inputs: images in [0, 1], (N, C, H, W).
-With ``random_start=False`` and one restart the L-inf attack equals ``torchattacks.PGD`` step for
-step (tested pixel for pixel).
+Arguments: ``eps`` the radius in pixel space; ``alpha`` the step; ``steps``; ``norm`` "linf" or
+"l2"; ``random_start`` (True: a uniform point of the L-inf ball, or of the L2 ball as above);
+``restarts`` (1); ``loss`` "ce" or "dlr" (Croce & Hein 2020); ``targeted`` with ``target``
+labels (then minimise CE to the target, or maximise the targeted DLR loss); ``seed``;
+``batch_size`` (all at once by default); ``amp`` bf16 autocast for the forward passes (the
+gradient's direction is what matters, so the precision loss is harmless). Inputs: images in
+[0, 1], (N, C, H, W), in the model's dtype.
 
 >>> x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
 >>> x_adv = pgd(model, x, y, eps=0.5, alpha=0.1, steps=20, norm="l2", restarts=5)
@@ -29,10 +30,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
-                    make_generator, model_device, normalize_direction, project,
-                    random_start as _random_start)
-from ._losses import loss_fn
+from ..modes import model_device
+from .core import (attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
+                   make_generator, normalize_direction, per_sample, project)
+from .core import random_start as _random_start
+from .objectives import loss_fn
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
@@ -44,11 +46,14 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
     ``y`` are the true labels; for ``targeted=True`` pass ``target`` (the classes to reach).
     Returns a new tensor on ``x``'s device.
     """
-    check_attack_inputs(model, x, y, eps, norm)
-    if steps < 0 or restarts < 1 or alpha < 0:
-        raise ValueError(f"need steps >= 0, restarts >= 1, alpha >= 0; got {steps}, {restarts}, {alpha}")
-    if targeted and (target is None or target.shape != y.shape):
+    if targeted and target is None:
         raise ValueError("targeted=True needs `target`, a tensor of target labels shaped like y")
+    check_attack_inputs(model, x, y, eps, norm, target=target if targeted else None)
+    if steps < 0 or restarts < 1 or alpha < 0:
+        raise ValueError(f"need steps >= 0, restarts >= 1, alpha >= 0; "
+                         f"got {steps}, {restarts}, {alpha}")
+    if len(x) == 0:
+        return x.detach().clone()
     fn = loss_fn(loss, targeted)
     device = model_device(model)
     gen = make_generator(device, seed)
@@ -75,7 +80,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
                 best, best_loss, best_hit = x_adv, cur_loss, hit
                 continue
             better = (hit & ~best_hit) | ((hit == best_hit) & (cur_loss > best_loss))
-            best = torch.where(_view(better, xb), x_adv, best)
+            best = torch.where(per_sample(better, xb), x_adv, best)
             best_loss = torch.where(better, cur_loss, best_loss)
             best_hit = best_hit | hit
         return best

@@ -46,9 +46,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._base import (_view, attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
-                    make_generator, model_device)
-from ._losses import ce_loss, margin
+from ..modes import model_device
+from .core import (attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
+                   make_generator)
+from .core import per_sample as _view
+from .objectives import ce_loss, margin
 
 LOSSES = ("margin", "ce")
 

@@ -1,4 +1,4 @@
-"""Per-sample attack losses on logits: cross-entropy, margin, DLR and targeted DLR.
+"""Per-sample objectives attacks ascend, on logits: cross-entropy, margin, DLR, targeted DLR.
 
 Every function maps logits ``(B, K)`` (and labels ``(B,)``) to one value per sample ``(B,)``;
 attacks maximise the sum of these, so a larger value means "more adversarial" except for
