@@ -119,6 +119,127 @@ def test_square_eta_profile_and_p_schedule_match_reference():
         assert all(ref.p_selection(i) == p_selection(0.8, i, queries) for i in range(queries))
 
 
+def _ref_p_selection(p_init, it, n_queries, rescale):
+    """fra31/auto-attack's ``SquareAttack.p_selection``, transcribed."""
+    if rescale:
+        it = int(it / n_queries * 10000)
+    for lo, hi, k in ((10, 50, 2), (50, 200, 4), (200, 500, 8), (500, 1000, 16), (1000, 2000, 32),
+                      (2000, 4000, 64), (4000, 6000, 128), (6000, 8000, 256)):
+        if lo < it <= hi:
+            return p_init / k
+    return p_init / 512 if it > 8000 else p_init
+
+
+def test_square_p_schedule_with_and_without_rescaling():
+    # by hand: iteration 150 of 300 is 5,000 of 10,000 when rescaled (p_init / 128), else 150
+    assert p_selection(0.8, 150, 300) == 0.8 / 128
+    assert p_selection(0.8, 150, 300, rescale=False) == 0.8 / 4 == 0.2
+    assert p_selection(0.8, 9000, 5000, rescale=False) == 0.8 / 512
+    for queries in (300, 5000, 12000):
+        for rescale in (True, False):
+            assert all(p_selection(0.8, i, queries, rescale) == _ref_p_selection(0.8, i, queries, rescale)
+                       for i in range(queries))
+
+
+class _Constant(nn.Module):
+    """Scores that never change: no point is ever fooled, so Square spends its whole budget."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([3.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 3) + 0 * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize("caller", ["square", "square-unrescaled", "autoattack"])
+def test_square_uses_the_schedule_it_is_given(monkeypatch, caller):
+    """square() follows its own budget by default; AutoAttack's Square runs unrescaled."""
+    import importlib
+
+    from robust_nb.attacks import autoattack
+    square_module = importlib.import_module("robust_nb.attacks.square")
+
+    seen = {}
+
+    def spy(p_init, it, queries, rescale=True):
+        seen[it] = p_selection(p_init, it, queries, rescale)
+        return seen[it]
+
+    monkeypatch.setattr(square_module, "p_selection", spy)
+    x, y = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.zeros(2).long()
+    for norm in ("linf", "l2"):
+        seen.clear()
+        if caller == "autoattack":
+            autoattack(_Constant(), x, y, 0.1, norm=norm, attacks=["square"], square_queries=300)
+        else:
+            square(_Constant(), x, y, 0.1, norm=norm, queries=300,
+                   rescale_schedule=caller == "square")
+        assert sorted(seen) == list(range(299))                        # queries - 1 updates
+        rescaled = caller == "square"
+        assert seen[150] == (0.8 / 128 if rescaled else 0.2)
+        assert all(seen[i] == _ref_p_selection(0.8, i, 300, rescaled) for i in seen)
+
+
+def _ref_l2_update(x_curr, x_best_curr, eps, s, vh, vw, vh2, vw2, eta, signs):
+    """fra31/auto-attack's L2 update of ``attack_single_run``, transcribed for one window per
+    batch (here a batch of one), with the random draws passed in."""
+    c = x_curr.shape[1]
+    delta_curr = x_best_curr - x_curr
+    norms_window_1 = (delta_curr[:, :, vh:vh + s, vw:vw + s] ** 2).sum(
+        dim=(-2, -1), keepdim=True).sqrt()
+    new_deltas_mask = torch.zeros_like(x_curr)
+    new_deltas_mask[:, :, vh:vh + s, vw:vw + s] = 1.0
+    new_deltas_mask_2 = torch.zeros_like(x_curr)
+    new_deltas_mask_2[:, :, vh2:vh2 + s, vw2:vw2 + s] = 1.0
+    norms_image = (delta_curr ** 2).view(x_curr.shape[0], -1).sum(-1).sqrt().view(-1, 1, 1, 1)
+    mask_image = torch.max(new_deltas_mask, new_deltas_mask_2)
+    norms_windows = ((delta_curr * mask_image) ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()
+    new_deltas = torch.ones([x_curr.shape[0], c, s, s]) * (eta.view(1, 1, s, s) * signs)
+    new_deltas += delta_curr[:, :, vh:vh + s, vw:vw + s] / (1e-12 + norms_window_1)
+    new_deltas = new_deltas / (1e-12 + (new_deltas ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()) * (
+        torch.max(eps ** 2 - norms_image ** 2, torch.zeros_like(new_deltas)) / c
+        + norms_windows ** 2).sqrt()
+    delta_curr[:, :, vh2:vh2 + s, vw2:vw2 + s] = 0.0
+    delta_curr[:, :, vh:vh + s, vw:vw + s] = new_deltas + 0
+    t = (delta_curr ** 2).view(x_curr.shape[0], -1).sum(-1).sqrt().view(-1, 1, 1, 1)
+    return torch.clamp(x_curr + delta_curr / (t + 1e-12) * eps, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_square_l2_update_matches_reference_on_colour_images(seed):
+    """One L2 proposal on 3-channel images equals the reference's update with the same draws
+    (the window norms are per channel there; pooling them over channels fails this)."""
+    from robust_nb.attacks.square import _l2_proposal
+
+    g = torch.Generator().manual_seed(seed)
+    B, C, H, W, eps = 12, 3, 16, 16, 1.5
+    x = torch.rand(B, C, H, W, generator=g)
+    x[:4] = 0.25 + 0.5 * x[:4]                      # some points far from the [0, 1] faces
+    d = torch.randn(B, C, H, W, generator=g) * torch.rand(B, C, 1, 1, generator=g)
+    radius = eps * torch.tensor([1.0, 0.5, 0.9, 0.2] * 3).view(B, 1, 1, 1)  # some below eps
+    x_best = (x + radius * d / d.flatten(1).norm(dim=1).view(B, 1, 1, 1)).clamp(0, 1)
+    x_in, x_best_in = x.clone(), x_best.clone()
+    for p in (0.8, 0.1, 0.03, 0.01):                # s = 15 (odd side of 16), 5, 3, 3
+        s = max(round((p * H * W) ** 0.5), 3)
+        s = min(s + 1 - s % 2, H, W)
+        ours = _l2_proposal(x, x_best, eps, p, torch.Generator().manual_seed(100 + seed))
+        # the same draws, in the order _l2_proposal makes them
+        r = torch.Generator().manual_seed(100 + seed)
+        vh, vw, vh2, vw2 = (torch.randint(0, max(H - s, 1), (B,), generator=r) for _ in range(4))
+        transpose = torch.randint(0, 2, (B,), generator=r)
+        signs = torch.randint(0, 2, (B, C, 1, 1), generator=r).float() * 2 - 1
+        for b in range(B):
+            eta = eta_profile(s).T if transpose[b] else eta_profile(s)
+            ref = _ref_l2_update(x[b:b + 1], x_best[b:b + 1], eps, s, vh[b], vw[b], vh2[b], vw2[b],
+                                 eta, signs[b:b + 1])
+            assert torch.allclose(ours[b:b + 1], ref, atol=1e-6), (p, b, (ours[b] - ref).abs().max())
+        assert ours.min() >= 0 and ours.max() <= 1
+        assert (lp_norm(ours - x, "l2") <= eps * (1 + 1e-6)).all()
+        assert not torch.equal(ours, x_best)
+    assert torch.equal(x, x_in) and torch.equal(x_best, x_best_in)   # inputs untouched
+
+
 # -- the attack contract -----------------------------------------------------------------------
 
 # Square gets 200 queries: at these eps it then breaks 5-9 of the 24 points for every seed tried

@@ -12,7 +12,8 @@ parameter-free attacks", ICML 2020, https://arxiv.org/abs/2003.01690, following 
 
 Every stage sees only the points that all previous stages failed to misclassify, and a point
 counts as broken only if the returned image is misclassified (checked here, and checked to lie in
-the eps-ball and [0, 1].
+the eps-ball and [0, 1]). Square runs its ``p`` schedule on raw iteration counts, as AutoAttack
+calls it (``rescale_schedule=False``).
 
 Deviations from the authors' code: the targeted stages use ``min(n_target_classes, K - 1)``
 targets for a K-class model; the "rand" version (for randomised defenses) is not implemented;
@@ -69,7 +70,7 @@ STAGES = {
     "apgd-t": Stage(apgd, {"loss": "dlr", "targeted": True}),
     "fab": Stage(fab, {"targeted": False}),
     "fab-t": Stage(fab, {"targeted": True}),
-    "square": Stage(square, {}, query_based=True),
+    "square": Stage(square, {"rescale_schedule": False}, query_based=True),
 }
 VERSIONS = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),

@@ -13,26 +13,43 @@ far and, at each query, proposes a change on one random square window:
 * L2: start from a 5 x 5 grid of "pseudo-Gaussian" blocks (the ``eta`` profile: nested rectangles
   with weights 1/(k+1)^2, one half positive, the other negative) with random signs, scaled to norm
   eps; each update moves the perturbation mass of a second random window into the first window,
-  adds a fresh ``eta`` profile there and rescales to norm eps.
+  adds a fresh ``eta`` profile there and rescales to norm eps. All window norms of this update are
+  per channel: each channel's new window gets that channel's old mass in the two windows plus a
+  1/C share of what is left of eps.
 
 The side ``s`` follows the paper's schedule: a fraction ``p`` of the pixels, ``p`` halving from
-``p_init`` at fixed fractions of the query budget (10, 50, 200, 500, 1000, 2000, 4000, 6000,
-8000 of 10,000). A proposal is kept when it lowers the loss (the margin ``z_y - max_{k!=y} z_k``
-by default, or minus the cross-entropy) or when it already misclassifies. Only points not yet
-fooled are queried. Restarts re-run the attack on the points still robust.
+``p_init`` after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of a 10,000-query
+budget. By default these marks are rescaled to the actual budget (the reference's
+``resc_schedule=True``); AutoAttack runs Square with ``rescale_schedule=False``, the marks taken
+as raw iteration counts (at iteration 150 of 300, ``p = p_init / 4`` instead of ``p_init / 128``).
+A proposal is kept when it lowers the loss (the margin ``z_y - max_{k!=y} z_k`` by default, or
+minus the cross-entropy) or when it already misclassifies. Only points not yet fooled are queried.
+Restarts re-run the attack on the points still robust.
 
 ``targeted=True`` needs ``target`` labels; then the cross-entropy towards the target is minimised
 (as in the paper and the reference, whatever ``loss`` says) and success means "classified as the
 target".
 
-Defaults: 5,000 queries, ``p_init=0.8`` (AutoAttack's value), one run, margin loss. Inputs: images
-in [0, 1], (N, C, H, W); eps in pixel space.
+Deviations from fra31/auto-attack, all deliberate:
 
-Deviations from fra31/auto-attack (which are the original paper code's choices): each sample gets
-its own random window positions, signs and profile orientation per query (AutoAttack's PyTorch
-port draws one window per query for the whole batch); ``queries`` is the total number of model
-evaluations per point including the initial one (AutoAttack runs ``queries`` updates after it).
-The window side is capped at the image side for non-square or tiny images.
+* Each sample gets its own random window positions, L-inf window signs and ``eta`` orientations
+  per query and per initial L2 block (AutoAttack's port draws them once for the whole batch; the
+  original max-andr/square-attack code draws L-inf windows per image too).
+* ``queries`` is the total number of model evaluations per point including the initial one, so a
+  run makes ``queries - 1`` updates (AutoAttack's ``n_queries`` counts the updates after the
+  initial evaluation, as the original code's L2 attack does; its L-inf attack counts like ours).
+  The schedule of ``p`` is the same function of the update index.
+* Random numbers come from a ``torch.Generator`` seeded with ``seed``, not from the global RNG.
+* The L2 start uses blocks of side ``max(H // 5, 1)`` and only the blocks that fit in the image,
+  so it also runs on images smaller than 5 pixels and on sizes whose last block would cross the
+  border (where the reference raises); on every size the reference runs, the blocks are the same.
+* Margins and losses are computed from float32 logits.
+
+Arguments: ``eps`` the radius in pixel space; ``norm`` "linf" or "l2"; ``queries`` (default
+5,000) model evaluations per point and run; ``p_init`` (0.8, AutoAttack's value) the initial
+fraction of pixels a window covers; ``restarts`` (1) runs on the points still robust; ``seed``;
+``loss`` "margin" (default) or "ce"; ``targeted`` with ``target``; ``batch_size`` (all at once by
+default); ``rescale_schedule`` (True) as above. Inputs: images in [0, 1], (N, C, H, W).
 
 >>> x_adv = square(model, x, y, eps=8 / 255)                       # L-inf, 5,000 queries
 >>> x_adv = square(model, x, y, eps=0.5, norm="l2", queries=1000, restarts=2)
@@ -47,26 +64,27 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import model_device
-from .core import (attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
-                   make_generator)
+from .core import attack_mode, batched, check_attack_inputs, check_labels, lp_norm, make_generator
 from .core import per_sample as _view
 from .objectives import ce_loss, margin
 
 LOSSES = ("margin", "ce")
 
-# The paper's schedule: p is halved once the query counter (rescaled to a 10,000-query budget)
-# passes each of these marks.
+# The paper's schedule: p is halved once the iteration counter (rescaled to a 10,000-query budget
+# unless rescale_schedule=False) passes each of these marks.
 _P_MARKS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
            queries: int = 5000, p_init: float = 0.8, restarts: int = 1, seed: int = 0,
            loss: str = "margin", targeted: bool = False, batch_size: int | None = None, *,
-           target: Tensor | None = None) -> Tensor:
+           target: Tensor | None = None, rescale_schedule: bool = True) -> Tensor:
     """Square Attack with ``queries`` model evaluations per point (per restart), radius ``eps``.
 
     ``y`` are the true labels; for ``targeted=True`` pass ``target`` (the classes to reach).
-    Returns a new tensor on ``x``'s device: a fooling point where one was found, else ``x``.
+    ``rescale_schedule=False`` runs the schedule of ``p`` on the raw iteration count (as if the
+    budget were 10,000 queries), as AutoAttack does. Returns a new tensor on ``x``'s device: a
+    fooling point where one was found, else ``x``.
     """
     check_attack_inputs(model, x, y, eps, norm)
     if loss not in LOSSES:
@@ -84,22 +102,24 @@ def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf
 
     def run(xb: Tensor, lb: Tensor) -> Tensor:
         return _square_batch(model, xb, lb, eps, norm, queries, p_init, restarts, loss, targeted,
-                             gen)
+                             gen, rescale_schedule)
 
     with attack_mode(model):
         out = batched(run, x0, label, batch_size)
     return out.detach().to(x.device)
 
 
-def p_selection(p_init: float, it: int, queries: int) -> float:
-    """Fraction of the pixels a square covers at 0-based iteration ``it`` of ``queries``."""
-    it = int(it / queries * 10000)
+def p_selection(p_init: float, it: int, queries: int, rescale: bool = True) -> float:
+    """Fraction of the pixels a square covers at 0-based iteration ``it`` of ``queries``: the
+    schedule is written for 10,000 queries and, with ``rescale``, stretched to ``queries``."""
+    if rescale:
+        it = int(it / queries * 10000)
     return p_init / 2 ** sum(it > mark for mark in _P_MARKS)
 
 
 @torch.no_grad()
 def _square_batch(model, x, label, eps, norm, queries, p_init, restarts, loss, targeted,
-                  gen) -> Tensor:
+                  gen, rescale) -> Tensor:
     """The reference's ``perturb``: one run per restart on the points not yet fooled."""
     logits = model(x)
     check_labels(label, logits.shape[1], "target labels" if targeted else "labels")
@@ -111,7 +131,8 @@ def _square_batch(model, x, label, eps, norm, queries, p_init, restarts, loss, t
         if idx.numel() == 0:
             break
         xi, li = x[idx], label[idx]
-        cand = _square_run(model, xi, li, eps, norm, queries, p_init, loss, targeted, gen)
+        cand = _square_run(model, xi, li, eps, norm, queries, p_init, loss, targeted, gen,
+                           rescale)
         pred = model(cand).argmax(1)
         fooled = pred == li if targeted else pred != li
         adv[idx] = torch.where(_view(fooled, xi), cand, xi)
@@ -147,10 +168,10 @@ def _random_corners(B, s, H, W, gen, device) -> tuple[Tensor, Tensor]:
     return vh, vw
 
 
-def _square_run(model, x, label, eps, norm, queries, p_init, loss, targeted, gen) -> Tensor:
+def _square_run(model, x, label, eps, norm, queries, p_init, loss, targeted, gen,
+                rescale) -> Tensor:
     """One run (the reference's ``attack_single_run``); returns the best point per sample."""
     N, C, H, W = x.shape
-    n_features = C * H * W
     dev, dt = x.device, x.dtype
     if norm == "linf":
         x_best = (x + eps * _signs((N, C, 1, W), gen, dev, dt)).clamp(0.0, 1.0)   # stripes
@@ -164,14 +185,14 @@ def _square_run(model, x, label, eps, norm, queries, p_init, loss, targeted, gen
         if idx.numel() == 0:
             break
         xc, xbc, lc = x[idx], x_best[idx], label[idx]
-        p = p_selection(p_init, it, queries)
+        p = p_selection(p_init, it, queries, rescale)
         if norm == "linf":
             x_new = _linf_proposal(xc, xbc, eps, p, gen)
         else:
             x_new = _l2_proposal(xc, xbc, eps, p, gen)
-        m, l = _margin_and_loss(model, x_new, lc, loss, targeted)
-        improved = l < loss_min[idx]
-        loss_min[idx] = torch.where(improved, l, loss_min[idx])
+        m, lo = _margin_and_loss(model, x_new, lc, loss, targeted)
+        improved = lo < loss_min[idx]
+        loss_min[idx] = torch.where(improved, lo, loss_min[idx])
         improved = improved | (m <= 0)                                  # keep any success
         margin_min[idx] = torch.where(improved, m, margin_min[idx])
         x_best[idx] = torch.where(_view(improved, xc), x_new, xbc)
@@ -211,11 +232,14 @@ def _l2_proposal(x: Tensor, x_best: Tensor, eps: float, p: float, gen) -> Tensor
     patch = delta[bi, ci, ri, cj]                                       # (B, C, s, s)
     patch_norm = patch.square().sum((-2, -1), keepdim=True).sqrt()      # (B, C, 1, 1)
     norm_image = _view(lp_norm(delta, "l2"), x)                         # (B, 1, 1, 1)
-    norm_windows = _view(lp_norm(delta * (win1 | win2), "l2"), x)       # (B, 1, 1, 1)
+    # Per channel, like every window norm of the reference's update (a sum over the pixels only).
+    both = delta * (win1 | win2)
+    norm_windows = both.square().sum((-2, -1), keepdim=True).sqrt()     # (B, C, 1, 1)
 
     new = _eta_batch(s, B, gen, dev, dt) * _signs((B, C, 1, 1), gen, dev, dt)
     new = new + patch / (patch_norm + 1e-12)
-    # Budget for the window: its old mass plus what is left of eps, shared by the channels.
+    # Budget of each channel's window: that channel's old mass in both windows plus an equal
+    # share (1/C) of what is left of eps.
     budget = ((eps ** 2 - norm_image ** 2).clamp_min(0.0) / C + norm_windows ** 2).sqrt()
     new = new / (new.square().sum((-2, -1), keepdim=True).sqrt() + 1e-12) * budget
     delta = delta.masked_fill(win2, 0.0)
