@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 
-def _to_numpy_image(img: Tensor) -> np.ndarray:
+def to_numpy_image(img: Tensor) -> np.ndarray:
     """(C, H, W) tensor in [0, 1] -> (H, W) or (H, W, C) array for imshow."""
     img = img.detach().float().cpu().clamp(0, 1)
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
@@ -23,7 +23,7 @@ def image_grid(images: Tensor, titles=None, ncols: int = 10, scale: float = 1.2,
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(_to_numpy_image(images[i]), cmap=cmap, vmin=0, vmax=1)
+            ax.imshow(to_numpy_image(images[i]), cmap=cmap, vmin=0, vmax=1)
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=8)
     fig.tight_layout()
@@ -94,18 +94,18 @@ def perturbation_rows(x, rows: dict, labels=None, amplify: float | None = None, 
         ax.set_xticks([])
         ax.set_yticks([])
     for i in range(n):
-        axes[0, i].imshow(_to_numpy_image(x[i]), cmap="gray", vmin=0, vmax=1)
+        axes[0, i].imshow(to_numpy_image(x[i]), cmap="gray", vmin=0, vmax=1)
     axes[0, 0].set_ylabel("clean", fontsize=8)
     for r, (name, (x_adv, preds)) in enumerate(rows.items()):
         delta = (x_adv - x).detach().float().cpu()
         k = amplify if amplify is not None else 0.5 / max(delta.abs().max().item(), 1e-12)
         for i in range(n):
             ax = axes[1 + 2 * r, i]
-            ax.imshow(_to_numpy_image(x_adv[i]), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(to_numpy_image(x_adv[i]), cmap="gray", vmin=0, vmax=1)
             if preds is not None:
                 wrong = labels is not None and int(preds[i]) != int(labels[i])
                 ax.set_title(f"pred {int(preds[i])}", fontsize=8, color="red" if wrong else "black")
-            axes[2 + 2 * r, i].imshow(_to_numpy_image(delta[i] * k + 0.5), cmap="seismic", vmin=0, vmax=1)
+            axes[2 + 2 * r, i].imshow(to_numpy_image(delta[i] * k + 0.5), cmap="seismic", vmin=0, vmax=1)
         axes[1 + 2 * r, 0].set_ylabel(name, fontsize=8)
         axes[2 + 2 * r, 0].set_ylabel(f"delta x{k:.0f}", fontsize=8)
     fig.tight_layout()

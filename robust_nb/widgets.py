@@ -23,7 +23,7 @@ def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack:
     shows."""
     import matplotlib.pyplot as plt
 
-    from .plots import _to_numpy_image
+    from .plots import to_numpy_image
 
     spec = get_attack(attack)
     kwargs = default_kwargs(attack, eps, norm, steps)     # rejects a norm the attack lacks
@@ -37,13 +37,13 @@ def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack:
     clean_pred, adv_pred = probs.argmax(1).tolist()
     delta = (x_adv - x)[0].cpu()
     fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
-    axes[0].imshow(_to_numpy_image(x[0]), cmap="gray", vmin=0, vmax=1)
+    axes[0].imshow(to_numpy_image(x[0]), cmap="gray", vmin=0, vmax=1)
     axes[0].set_title(f"clean: {clean_pred} ({probs[0, clean_pred]:.0%})")
-    axes[1].imshow(_to_numpy_image(x_adv[0]), cmap="gray", vmin=0, vmax=1)
+    axes[1].imshow(to_numpy_image(x_adv[0]), cmap="gray", vmin=0, vmax=1)
     axes[1].set_title(f"{attack}: {adv_pred} ({probs[1, adv_pred]:.0%})",
                       color="red" if adv_pred != int(label) else "black")
     k = 0.5 / max(delta.abs().max().item(), 1e-12)
-    axes[2].imshow(_to_numpy_image(delta * k + 0.5), cmap="seismic", vmin=0, vmax=1)
+    axes[2].imshow(to_numpy_image(delta * k + 0.5), cmap="seismic", vmin=0, vmax=1)
     norm_value = delta.abs().max().item() if norm == "linf" else delta.norm().item()
     axes[2].set_title(f"perturbation x{k:.0f} ({norm} = {norm_value:.3f})", fontsize=9)
     for ax in axes:
