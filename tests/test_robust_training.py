@@ -262,3 +262,26 @@ def test_select_best_ends_with_the_epoch_of_best_validation_robustness(mnist, sm
     assert all(torch.equal(final[k], states[best][k]) for k in final)
     with pytest.raises(ValueError, match="select_best"):
         AdversarialTraining(convnet(mnist), epochs=1, eps=EPS, select_best=True, **COMMON)
+
+
+@pytest.mark.parametrize("cls, attack, kw", [
+    (AdversarialTraining, "pgd", dict(steps=2)),
+    (rnb.training.TradesTraining, "trades_kl", dict(steps=2, alpha=0.025)),
+])
+def test_eps_warmup_ramps_eps_and_step_linearly(mnist, small, monkeypatch, cls, attack, kw):
+    seen = []
+    real = getattr(rnb.attacks, attack)
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["eps"], kwargs["alpha"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rnb.attacks, attack, spy)
+    train = (small[0][0][:256], small[0][1][:256])              # 4 steps of 64 per epoch
+    trainer = cls(convnet(mnist), epochs=2, eps=EPS, eps_warmup_epochs=1, **kw, **COMMON)
+    trainer.fit(train)
+    alpha = trainer.alpha
+    assert [e for e, _ in seen] == pytest.approx([EPS * k / 4 for k in (1, 2, 3, 4)] + [EPS] * 4)
+    assert [a for _, a in seen] == pytest.approx([alpha * k / 4 for k in (1, 2, 3, 4)] + [alpha] * 4)
+    with pytest.raises(ValueError, match="eps_warmup_epochs"):
+        cls(convnet(mnist), epochs=2, eps=EPS, eps_warmup_epochs=3, **kw, **COMMON)

@@ -85,9 +85,11 @@ class AdversarialMethod(ClassicalTraining):
     ``robust_val`` (if > 0 and a validation set is given, the PGD accuracy of the evaluation
     model on ``robust_val`` validation images, a stratified seeded subset, is recorded after
     every epoch as ``val_robust_acc``: PGD with ``robust_val_steps`` steps of size eps/4 and a
-    random start, at this method's eps and norm) and ``select_best`` (keep the weights of the
-    epoch with the highest ``val_robust_acc`` and end training with them: the early stopping of
-    Rice, Wong & Kolter 2020, https://arxiv.org/abs/2002.11569, on a held-out split).
+    random start, at this method's eps and norm), ``eps_warmup_epochs`` (eps and the attack
+    step grow linearly from 0 over these first epochs: ``eps_scale``) and ``select_best`` (keep
+    the weights of the epoch with the highest ``val_robust_acc`` and end training with them: the
+    early stopping of Rice, Wong & Kolter 2020, https://arxiv.org/abs/2002.11569, on a held-out
+    split).
 
     Subclasses implement :meth:`craft`. Each batch's attack gets its own seed, derived from
     ``seed`` and the global step, so runs are reproducible and resume exactly.
@@ -195,6 +197,7 @@ class AdversarialTraining(AdversarialMethod):
     Options = PGDOptions
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return attacks.pgd(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
+        k = self.eps_scale
+        return attacks.pgd(model, x, y, eps=k * self.eps, alpha=k * self.alpha, steps=self.steps,
                            norm=self.norm, random_start=self.random_start, seed=self.attack_seed(),
                            amp=self.attack_amp)

@@ -44,7 +44,8 @@ class AutoAttackTraining(AdversarialMethod):
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         seed = self.attack_seed()
-        candidates = [attacks.apgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
+        eps = self.eps_scale * self.eps
+        candidates = [attacks.apgd(model, x, y, eps=eps, norm=self.norm, steps=self.steps,
                                    loss=loss, restarts=self.restarts, seed=seed + i)
                       for i, loss in enumerate(self.losses)]
         if len(candidates) == 1:

@@ -174,6 +174,7 @@ class ClassicalTraining:
 
         self.epoch = 0           # epochs completed
         self.global_step = 0     # optimizer steps taken
+        self.steps_per_epoch: int | None = None   # known once fit() has built the loader
         self.history = History()
         self.stop_reason: str | None = None
         self._loader: DeviceLoader | None = None
@@ -313,10 +314,24 @@ class ClassicalTraining:
         with model_mode(self.model, training=False):
             return self.model(x.to(self.device)).shape[1]
 
+    def warmup_fraction(self, epochs: int) -> float:
+        """How far the current step is into its first ``epochs`` epochs, in (0, 1] (1 after them
+        and when ``epochs`` is 0): the linear ramp of eps warm-up."""
+        if epochs == 0 or not self.steps_per_epoch:
+            return 1.0
+        return min(1.0, (self.global_step + 1) / (epochs * self.steps_per_epoch))
+
+    @property
+    def eps_scale(self) -> float:
+        """For methods that attack while training: the fraction of eps (and of the attack step)
+        used at this step, below 1 during the linear warm-up of ``eps_warmup_epochs`` (Gowal et
+        al. 2020, https://arxiv.org/abs/2010.03593; the ramp of certified training), then 1."""
+        return self.warmup_fraction(getattr(self.options, "eps_warmup_epochs", 0))
+
     def _run(self, loader: DeviceLoader, val_pair) -> None:
         from tqdm.auto import tqdm
 
-        steps = len(loader)
+        steps = self.steps_per_epoch = len(loader)
         n_train = len(loader.labels)
         epoch_bar = tqdm(total=self.epochs, initial=self.epoch, desc=type(self).__name__,
                          unit="epoch", disable=self.quiet)

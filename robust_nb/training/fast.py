@@ -74,8 +74,9 @@ class FastAdversarialTraining(AdversarialMethod):
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if self.guard and self._guard_batch is None:
             self._guard_batch = (x.detach(), y)     # the epoch's first batch, as in the reference
-        return attacks.fgsm(model, x, y, eps=self.eps, random_start=self.random_start,
-                            alpha=self.alpha, seed=self.attack_seed(), amp=self.attack_amp)
+        k = self.eps_scale
+        return attacks.fgsm(model, x, y, eps=k * self.eps, random_start=self.random_start,
+                            alpha=k * self.alpha, seed=self.attack_seed(), amp=self.attack_amp)
 
     # ------------------------------------------------------------------ the guard
     def guard_accuracy(self, x: Tensor, y: Tensor) -> float:

@@ -47,7 +47,8 @@ class FireTraining(TradesTraining):
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         """The authors' inner maximisation: ``rnb.attacks.fisher_rao``."""
-        return attacks.fisher_rao(self.model, x, eps=self.eps, alpha=self.alpha,
+        k = self.eps_scale
+        return attacks.fisher_rao(self.model, x, eps=k * self.eps, alpha=k * self.alpha,
                                   steps=self.steps, stability=self.stability,
                                   generator=self.noise_generator)
 

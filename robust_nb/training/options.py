@@ -104,6 +104,12 @@ def opt(default=dataclasses.MISSING, *, check: Callable, doc: str):
     return field(default=default, metadata={"check": check, "doc": doc})
 
 
+def eps_warmup_field():
+    """The ``eps_warmup_epochs`` option of every method that attacks while training."""
+    return opt(0, check=non_negative_int,
+               doc="epochs over which eps (and the attack step) ramp up linearly from 0")
+
+
 def validate(options: "TrainOptions") -> None:
     """Run every field's check (normalising its value: ints, floats, tuples), then the
     method's cross-field checks (:meth:`TrainOptions.check_together`)."""
@@ -199,6 +205,12 @@ class TrainOptions:
                          for name, value, doc in rows)
 
 
+def _check_eps_warmup(options) -> None:
+    if options.eps_warmup_epochs > options.epochs:
+        raise ValueError(f"eps_warmup_epochs must be <= epochs={options.epochs}, "
+                         f"got {options.eps_warmup_epochs}")
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -218,9 +230,11 @@ class AdversarialOptions(TrainOptions):
     robust_val_steps: int = opt(10, check=positive_int, doc="steps of that PGD (step eps/4)")
     select_best: bool = opt(False, check=flag,
                             doc="end with the epoch of the best val_robust_acc (Rice et al.)")
+    eps_warmup_epochs: int = eps_warmup_field()
 
     def check_together(self) -> None:
         super().check_together()
+        _check_eps_warmup(self)
         if self.select_best and self.robust_val == 0:
             raise ValueError("select_best=True needs robust_val > 0 (the images it selects on)")
 
@@ -279,9 +293,11 @@ class TradesOptions(TrainOptions):
     alpha: float = opt(2 / 255, check=non_negative, doc="its step size")
     steps: int = opt(10, check=non_negative_int, doc="its number of steps")
     beta: float = opt(6.0, check=non_negative, doc="weight of the robustness term (1/lambda)")
+    eps_warmup_epochs: int = eps_warmup_field()
 
     def check_together(self) -> None:
         super().check_together()
+        _check_eps_warmup(self)
         if self.mixup_alpha or self.label_smoothing:
             raise ValueError(f"{type(self).__name__}: the method defines its own objective; "
                              f"mixup_alpha and label_smoothing must be 0")

@@ -64,8 +64,9 @@ class TradesTraining(ClassicalTraining):
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         """x' from the inner maximisation: ``rnb.attacks.trades_kl`` (eval mode while crafting,
         as in the reference)."""
-        return attacks.trades_kl(self.model, x, eps=self.eps, alpha=self.alpha, steps=self.steps,
-                                 generator=self.noise_generator)
+        k = self.eps_scale
+        return attacks.trades_kl(self.model, x, eps=k * self.eps, alpha=k * self.alpha,
+                                 steps=self.steps, generator=self.noise_generator)
 
     def objective(self, logits_clean: Tensor, logits_adv: Tensor, y: Tensor) -> Tensor:
         return trades_loss(logits_clean, logits_adv, y, self.beta)
