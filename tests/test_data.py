@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from robust_nb.data import (DatasetUnavailableError, DeviceLoader, check_images, load_dataset,
-                            random_crop)
+from robust_nb.data import (DatasetUnavailableError, DeviceLoader, attack_subset, check_images,
+                            load_dataset, random_crop)
 
 
 def test_mnist_5k_split_is_stratified_and_in_range(mnist):
@@ -57,6 +57,88 @@ def test_check_images_rejects_bad_input():
         check_images(x, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="integer"):
         check_images(x, torch.zeros(4))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_images_rejects_non_finite_values(bad):
+    x = torch.rand(4, 3, 8, 8)
+    x[1, 2, 3, 4] = bad
+    with pytest.raises(ValueError, match="training images contain NaN or infinite values.*nan_to_num"):
+        check_images(x, name="training images")
+
+
+def test_check_images_checks_label_values():
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    check_images(x, y, num_classes=4)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\] for a model with 3 outputs, "
+                                         r"got values in \[0, 3\]"):
+        check_images(x, y, num_classes=3)
+    with pytest.raises(ValueError, match="non-negative class indices, got a minimum of -2"):
+        check_images(x, torch.tensor([0, -2, 1, 1]))
+    with pytest.raises(ValueError, match="integer class indices"):
+        check_images(x, y.bool())
+
+
+def test_check_images_accepts_an_empty_batch():
+    check_images(torch.rand(0, 3, 8, 8), torch.zeros(0, dtype=torch.long), num_classes=10)
+
+
+def _balance(labels, num_classes=10):
+    return torch.bincount(labels, minlength=num_classes)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("n", [1, 10, 95, 100, 1000])
+def test_attack_subset_is_stratified_and_has_no_duplicates(mnist, n, seed):
+    x, y = attack_subset(mnist, n, seed=seed)
+    xt, yt = mnist.test
+    assert x.shape == (n, 1, 28, 28) and y.shape == (n,)
+    counts = _balance(y)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == n
+    # Each chosen pair is a test image with its own label, and none is chosen twice.
+    match = (x.flatten(1)[:, None] == xt.flatten(1)[None]).all(-1)       # (n, 1000)
+    assert (match.sum(1) >= 1).all()
+    rows = match.float().argmax(1)
+    assert len(set(rows.tolist())) == n and torch.equal(yt[rows], y)
+    # Every prefix is as balanced as possible too.
+    for k in (10, n // 2, n - 1):
+        if k > 0:
+            prefix = _balance(y[:k])
+            assert prefix.max() - prefix.min() <= 1
+
+
+def test_attack_subset_is_deterministic_per_seed(mnist):
+    a, b, c = (attack_subset(mnist.test, 50, seed=s) for s in (4, 4, 5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    d = attack_subset(mnist, 50, seed=4)                 # a Dataset means its test split
+    assert torch.equal(a[0], d[0])
+
+
+def test_attack_subset_shares_out_what_small_classes_lack():
+    # 3 classes with 2, 10 and 30 images: 18 images -> 2 of the first, 8 of each other.
+    y = torch.cat([torch.full((2,), 0), torch.full((10,), 1), torch.full((30,), 2)])
+    x = torch.rand(len(y), 1, 4, 4)
+    _, ys = attack_subset((x, y), 18, seed=0)
+    assert _balance(ys, 3).tolist() == [2, 8, 8]
+    _, ys = attack_subset((x, y), 42, seed=0)
+    assert _balance(ys, 3).tolist() == [2, 10, 30]
+    seen = set()
+    for seed in range(8):                                  # which class gets the extra one varies
+        counts = _balance(attack_subset((x, y), 15, seed=seed)[1], 3).tolist()
+        assert counts[0] == 2 and sorted(counts[1:]) == [6, 7]
+        seen.add(tuple(counts))
+    assert seen == {(2, 6, 7), (2, 7, 6)}
+
+
+def test_attack_subset_rejects_bad_arguments(mnist):
+    for n in (0, -3, 1001, 2.5, True):
+        with pytest.raises(ValueError, match=r"n must be an integer in \[1, 1000\]"):
+            attack_subset(mnist, n)
+    with pytest.raises(ValueError, match="Dataset.*pair"):
+        attack_subset(mnist.test[0], 10)
+    with pytest.raises(ValueError, match="one label per image"):
+        attack_subset((mnist.test[0], mnist.test[1][:10]), 5)
 
 
 def _loader(mnist, **kw):

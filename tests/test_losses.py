@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_nb.losses import fire_loss, fisher_rao_distance, trades_loss
+from robust_nb.losses import fire_loss, fisher_rao_distance, kl_divergence_sum, trades_loss
 
 
 def _logits(seed, b=16, k=10, scale=3.0, dtype=torch.float64):
@@ -52,6 +52,29 @@ def test_trades_regulariser_vanishes_on_equal_outputs_and_is_positive_otherwise(
     assert trades_loss(clean, clean, y, beta=6.0).item() == pytest.approx(ce.item(), abs=1e-12)
     assert trades_loss(clean, _logits(3), y, beta=0.0).item() == pytest.approx(ce.item(), abs=1e-12)
     assert trades_loss(clean, _logits(3), y, beta=1.0).item() > ce.item() + 1e-3
+
+
+def test_kl_divergence_sum_is_the_references_kldivloss_sum():
+    clean, adv = _logits(15), _logits(16)
+    ref = torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1))
+    ours = kl_divergence_sum(clean, adv)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, [clean, adv]), torch.autograd.grad(ref, [clean, adv])):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # TRADES' regulariser is this sum over the batch size.
+    y = _labels()
+    beta_term = trades_loss(clean, adv, y, 1.0) - F.cross_entropy(clean, y)
+    assert beta_term.item() == pytest.approx(ours.item() / len(y), rel=1e-10)
+
+
+def test_kl_divergence_sum_upcasts_half_precision_and_checks_shapes():
+    clean, adv = _logits(17, dtype=torch.float32), _logits(18, dtype=torch.float32)
+    half = kl_divergence_sum(clean.bfloat16(), adv.bfloat16())
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx(kl_divergence_sum(clean, adv).item(), rel=0.05)
+    assert kl_divergence_sum(clean, clean).abs().item() < 1e-5
+    with pytest.raises(ValueError, match="shape"):
+        kl_divergence_sum(clean, adv[:, :5])
 
 
 def test_fire_loss_matches_the_authors_formula_and_its_gradients():

@@ -7,7 +7,7 @@ from torch import nn
 
 from robust_nb import attacks, evaluation
 from robust_nb.models import summary
-from robust_nb.modes import model_mode
+from robust_nb.modes import model_device, model_dtype, model_mode
 
 
 def _half_frozen():
@@ -53,3 +53,12 @@ def test_helpers_leave_a_frozen_batchnorm_frozen(use):
     use(model, x, y)
     assert _modes(model) == [True, True, False, True, True, True]
     assert torch.equal(model[1].running_mean, stats)      # the frozen BN never saw a batch
+
+
+def test_model_device_and_dtype():
+    model = _half_frozen()
+    assert model_device(model) == torch.device("cpu") and model_dtype(model) == torch.float32
+    assert model_dtype(model.double()) == torch.float64
+    buffers_only = nn.BatchNorm2d(3, affine=False).half()      # no parameters, float buffers
+    assert model_dtype(buffers_only) == torch.float16
+    assert model_device(nn.ReLU()) == torch.device("cpu") and model_dtype(nn.ReLU()) is None
