@@ -13,6 +13,7 @@ from robust_nb.models import (DropBlock2d, Normalize, SqueezeExcitation, availab
                               build_model, count_flops, count_parameters, feature_maps,
                               feature_shapes, for_config, layer_gradient_norms, se_gates,
                               summarize)
+from robust_nb.models.convnet import ConvNet, convnet_widths
 
 # Standard CIFAR definitions, 3 input channels, 10 classes. ResNet-18/34/50 as in
 # kuangliu/pytorch-cifar; PreAct-ResNet-18 with the final BN (locuslab/fast_adversarial);
@@ -158,8 +159,10 @@ def test_width_scales_every_stage_and_plain_networks_drop_all_shortcuts():
 def test_flop_count_matches_a_hand_count_of_the_convnet():
     f1, f2, f3, f4 = 4, 8, 16, 32
     model = build_model("convnet", 10, 1, filters=(f1, f2, f3, f4))
-    macs = (28 * 28 * 9 * (1 * f1 + f1 * f2) + 14 * 14 * 9 * f2 * f3 + 7 * 7 * 9 * f3 * f4
-            + 3 * 3 * 9 * f4 * 10)
+    macs = (28 * 28 * 9 * (1 * f1 + f1 * f2)        # stage1 at 28x28
+            + 14 * 14 * 9 * (f2 * f2 + f2 * f3)     # stage2 at 14x14
+            + 7 * 7 * 9 * (f3 * f3 + f3 * f4)       # stage3 at 7x7
+            + 3 * 3 * 1 * f4 * 10)                  # 1x1 head at 3x3
     assert count_flops(model, (1, 28, 28)) == 2 * macs
     assert model.training  # mode restored
 
@@ -178,8 +181,11 @@ def test_for_config_uses_the_profile_sizes_and_the_dataset_statistics():
     data = SimpleNamespace(num_classes=7, in_channels=1, mean=(0.2,), std=(0.4,))
     model = for_config(cfg, data)
     assert type(model).__name__ == "ConvNet"
+    f1, f2, f3, f4 = convnet_widths(cfg.convnet_filters)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [*cfg.convnet_filters, 7]
+    assert [c.out_channels for c in convs] == [f1, f2, f2, f3, f3, f4, 7]
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert has_bn == bool(getattr(cfg, "convnet_batchnorm", False))
     assert model.normalize.mean.item() == pytest.approx(0.2)
     resnet = for_config(cfg, data, name=cfg.resnet, regularization="dropblock", drop_prob=0.2)
     assert resnet.fc.out_features == 7
@@ -222,3 +228,158 @@ def test_se_gates_and_feature_maps_read_the_right_tensors():
         se_gates(build_model("resnet18", width=0.125), torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="no submodule"):
         feature_maps(model, x, "stage9")
+
+
+# -- the ConvNet: the self-study course's all-convolutional net ---------------------------------
+
+def _forward_trace(model, x):
+    """(kind, in_channels, out_channels, kernel) of every conv / pool / regularizer, in call order."""
+    trace, hooks = [], []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            info = ("conv", m.in_channels, m.out_channels, m.kernel_size[0])
+        elif isinstance(m, nn.AvgPool2d):
+            info = ("avgpool", m.kernel_size)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            info = ("global-avgpool",)
+        elif isinstance(m, (nn.Dropout, DropBlock2d)):
+            info = (type(m).__name__,)
+        else:
+            continue
+        hooks.append(m.register_forward_hook(lambda *_, info=info: trace.append(info)))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return trace
+
+
+def test_convnet_layout_is_two_3x3_convs_per_stage_pools_and_a_1x1_head():
+    model = build_model("convnet", 10, 3)                       # f = 64, the course's CIFAR size
+    assert [name for name, _ in model.named_children()] == [
+        "normalize", "stage1", "pool1", "stage2", "pool2", "stage3", "pool3", "head", "pool"]
+    conv = lambda cin, cout, k=3: ("conv", cin, cout, k)       # noqa: E731
+    assert _forward_trace(model, torch.rand(1, 3, 32, 32)) == [
+        conv(3, 64), conv(64, 128), ("avgpool", 2),
+        conv(128, 128), conv(128, 256), ("avgpool", 2),
+        conv(256, 256), conv(256, 512), ("avgpool", 2),
+        conv(512, 10, 1), ("global-avgpool",)]
+    hidden = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m is not model.head]
+    assert all(c.padding == (1, 1) and c.stride == (1, 1) and c.bias is not None for c in hidden)
+    acts = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+    assert len(acts) == 6 and all(a.negative_slope == 0.2 for a in acts)
+    assert not any(isinstance(m, (nn.Linear, nn.ReLU, nn.MaxPool2d)) for m in model.modules())
+    # Each LeakyReLU follows its conv directly, inside the stage.
+    for stage in (model.stage1, model.stage2, model.stage3):
+        blocks = [b for b in stage if not isinstance(b, nn.Identity)]
+        assert len(blocks) == 2
+        assert all(isinstance(b[0], nn.Conv2d) and isinstance(b[-1], nn.LeakyReLU) for b in blocks)
+
+
+def test_convnet_parameter_count_for_f64_on_cifar_by_hand():
+    # 3x3 convs (weights + biases): 3->64, 64->128 | 128->128, 128->256 | 256->256, 256->512;
+    # the 1x1 head 512->10 (+ bias).
+    convs = [(3, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512)]
+    hand = sum(9 * cin * cout + cout for cin, cout in convs) + 512 * 10 + 10
+    assert hand == (1_728 + 64) + (73_728 + 128) + (147_456 + 128) + (294_912 + 256) \
+        + (589_824 + 256) + (1_179_648 + 512) + 5_130 == 2_293_770
+    assert _count_on_meta("convnet", num_classes=10, in_channels=3) == 2_293_770
+    assert count_parameters(ConvNet(10, 3, filters=64)) == 2_293_770
+    # BatchNorm: the conv biases go, each BN adds a scale and a shift per channel.
+    with_bn = hand + sum(cout for _, cout in convs)
+    assert with_bn == 2_295_114
+    assert _count_on_meta("convnet", num_classes=10, in_channels=3, batchnorm=True) == with_bn
+    # the quick profile's size: f = 8 on 1x28x28 digits
+    assert count_parameters(ConvNet(10, 1, filters=8)) == sum(
+        9 * cin * cout + cout for cin, cout in
+        [(1, 8), (8, 16), (16, 16), (16, 32), (32, 32), (32, 64)]) + 64 * 10 + 10 == 36_602
+
+
+def test_convnet_has_no_batchnorm_by_default_and_batchnorm_is_an_option():
+    torch.manual_seed(0)
+    plain = build_model("convnet", 10, 1, filters=8)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())
+    # Without BN, a sample's logits in training mode do not depend on the rest of the batch.
+    x = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(plain.train()(x)[:2], plain(x[:2]), rtol=1e-5, atol=1e-6)
+
+    torch.manual_seed(0)
+    bn = build_model("convnet", 10, 1, filters=8, batchnorm=True)
+    norms = [m for m in bn.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert [n.num_features for n in norms] == [8, 16, 16, 32, 32, 64]
+    hidden = [m for m in bn.modules() if isinstance(m, nn.Conv2d) and m is not bn.head]
+    assert all(c.bias is None for c in hidden) and bn.head.bias is not None
+    for block in list(bn.stage1) + list(bn.stage2) + list(bn.stage3):      # conv -> BN -> act
+        if not isinstance(block, nn.Identity):
+            assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.LeakyReLU]
+    assert not torch.allclose(bn.train()(x)[:2], bn(x[:2]))              # batch statistics
+    with pytest.raises(ValueError, match="batchnorm applies to the convnet only"):
+        build_model("resnet18", batchnorm=True)
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_convnet_feature_and_output_shapes(channels, size):
+    model = build_model("convnet", 10, channels, filters=(8, 16, 32, 64))
+    s2, s4, s8 = size // 2, size // 4, size // 8                   # pools floor: 28 -> 14 -> 7 -> 3
+    assert feature_shapes(model, (channels, size, size)) == {
+        "normalize": (channels, size, size),
+        "stage1": (16, size, size), "pool1": (16, s2, s2),
+        "stage2": (32, s2, s2), "pool2": (32, s4, s4),
+        "stage3": (64, s4, s4), "pool3": (64, s8, s8),
+        "head": (10, s8, s8), "pool": (10, 1, 1)}
+    out = model(torch.rand(5, channels, size, size))
+    assert out.shape == (5, 10) and torch.isfinite(out).all()
+
+
+def test_convnet_filters_take_a_base_width_or_four_widths():
+    assert convnet_widths(8) == (8, 16, 32, 64) and convnet_widths(64) == (64, 128, 256, 512)
+    assert convnet_widths((8, 16, 16, 32)) == (8, 16, 16, 32)
+    assert ConvNet(10, 1, filters=8).widths == ConvNet(10, 1, filters=(8, 16, 32, 64)).widths
+    assert build_model("convnet").widths == (64, 128, 256, 512)
+    for bad in ((16, 32, 64), (8, 16, 0, 32), 0, -8, (8, 16, 32, 64.5), True):
+        with pytest.raises(ValueError, match="filter counts|base width|int"):
+            ConvNet(10, 1, filters=bad)
+
+
+@pytest.mark.parametrize("regularization,layer", [("dropout", nn.Dropout),
+                                                   ("dropblock", DropBlock2d)])
+def test_convnet_regularizes_after_the_last_two_stages_only(regularization, layer):
+    torch.manual_seed(0)
+    # drop_prob = 1 and a block larger than the maps (clamped to them: SpatialDropout) drop all.
+    model = build_model("convnet", 10, 1, regularization, filters=8, drop_prob=1.0, block_size=32)
+    found = [name for name, m in model.named_modules() if isinstance(m, layer)]
+    assert found == ["stage2.2", "stage3.2"]                   # after each stage's second conv
+    assert model.stage2[2].p == 1.0 if layer is nn.Dropout else model.stage2[2].drop_prob == 1.0
+    x = torch.rand(4, 1, 28, 28)
+    # drop_prob = 1 drops everything where the layer sits: stage2's and stage3's outputs are zero
+    # in training mode, stage1's are not; in eval mode the layers are the identity.
+    outputs = {}
+    hooks = [getattr(model, n).register_forward_hook(
+        lambda _m, _i, out, n=n: outputs.__setitem__(n, out.detach()))
+        for n in ("stage1", "stage2", "stage3")]
+    try:
+        model.train()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert outputs["stage1"].abs().sum() > 0
+    assert outputs["stage2"].abs().sum() == 0 and outputs["stage3"].abs().sum() == 0
+    assert feature_maps(model, x, "stage2").abs().sum() > 0     # feature_maps: eval mode
+    plain = build_model("convnet", 10, 1, filters=8)
+    plain.load_state_dict(model.state_dict())                  # the layers hold no state
+    torch.testing.assert_close(model.eval()(x), plain.eval()(x))
+
+
+def test_convnet_initialisation_is_he_for_leaky_relu_with_zero_biases():
+    torch.manual_seed(0)
+    model = ConvNet(10, 3, filters=64)
+    gain = (2 / (1 + 0.2 ** 2)) ** 0.5
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            expected = (1.0 if m is model.head else gain) / fan_in ** 0.5
+            rel = 0.1 if m.weight.numel() < 10_000 else 0.02
+            assert m.weight.std().item() == pytest.approx(expected, rel=rel)
+            assert m.weight.mean().abs().item() < 0.1 * expected
+            assert torch.count_nonzero(m.bias) == 0

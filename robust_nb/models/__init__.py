@@ -45,10 +45,10 @@ def available_models() -> list[str]:
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3,
                 regularization: str | None = None, *, width: float = 1.0,
-                filters: Sequence[int] | None = None, mean: Sequence[float] | None = None,
+                filters: int | Sequence[int] | None = None, mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None, drop_prob: float | None = None,
                 block_size: int | None = None, stem: str = "cifar",
-                residual: bool = True) -> nn.Module:
+                residual: bool = True, batchnorm: bool | None = None) -> nn.Module:
     """Build the architecture ``name`` (see :func:`available_models`).
 
     Args:
@@ -57,13 +57,16 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3,
         num_classes, in_channels: output classes and input channels.
         regularization: None, "dropout" or "dropblock", applied after the last two stages.
         width: channel multiplier of the ResNet family (the quick profile uses small values).
-        filters: the ConvNet's four channel counts (default 64, 128, 256, 512).
+        filters: the ConvNet's base width ``f`` (widths f, 2f, 4f, 8f) or its four widths
+            ``(f1, f2, f3, f4)``; default 64, i.e. (64, 128, 256, 512). See :class:`ConvNet`.
         mean, std: per-channel statistics for the :class:`Normalize` first layer (default 0.5).
         drop_prob: Dropout / DropBlock drop probability (default 0.1, i.e. keep_prob 0.9).
         block_size: DropBlock block size (default 3 for small inputs; 7 with the ImageNet stem,
             the paper's value for ResNet-50 on ImageNet).
         stem: "cifar" (3x3 conv, for 28-32 pixel images) or "imagenet" (7x7/2 conv + max-pool).
         residual: False removes every shortcut of a ResNet-family model (a "plain" network).
+        batchnorm: BatchNorm after every hidden conv of the ConvNet (default False, as in the
+            self-study course; the ResNet family always has BatchNorm).
     """
     check_regularization(regularization)
     if not isinstance(name, str):
@@ -83,9 +86,12 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3,
     if key == "convnet":
         if stem != "cifar" or not residual:
             raise ValueError("the convnet has no stem option and no residual connections")
-        return ConvNet(filters=filters if filters is not None else (64, 128, 256, 512), **common)
+        return ConvNet(filters=filters if filters is not None else 64,
+                       batchnorm=bool(batchnorm), **common)
     if filters is not None:
         raise ValueError(f"filters applies to the convnet only; use width for {name!r}")
+    if batchnorm is not None:
+        raise ValueError(f"batchnorm applies to the convnet only; {name!r} always has BatchNorm")
     family = dict(width=width, stem=stem, residual=residual, **common)
     if (m := re.fullmatch(r"(resnet|preact_resnet|se_resnet)(\d+)", key)) and key in _FIXED:
         builder = {"resnet": resnet, "preact_resnet": preact_resnet, "se_resnet": se_resnet}[m[1]]
@@ -100,7 +106,8 @@ def for_config(cfg, data, name: str | None = None, regularization: str | None = 
                **overrides) -> nn.Module:
     """Build ``name or cfg.model`` for ``data`` (classes, channels, mean/std) at the profile's size.
 
-    The ConvNet gets ``filters=cfg.convnet_filters``, the ResNet family ``width=cfg.width``;
+    The ConvNet gets ``filters=cfg.convnet_filters`` and ``batchnorm=cfg.convnet_batchnorm``
+    (False for a Config without that field), the ResNet family ``width=cfg.width``;
     Dropout / DropBlock use ``cfg.drop_prob`` and ``cfg.block_size``. ``overrides`` go to
     :func:`build_model` (e.g. ``drop_prob=0.2``). The model is moved to ``cfg.device``.
     """
@@ -109,7 +116,8 @@ def for_config(cfg, data, name: str | None = None, regularization: str | None = 
               regularization=regularization, mean=data.mean, std=data.std,
               drop_prob=cfg.drop_prob, block_size=cfg.block_size)
     if name.lower() == "convnet":
-        kw["filters"] = tuple(cfg.convnet_filters)
+        kw["filters"] = cfg.convnet_filters
+        kw["batchnorm"] = bool(getattr(cfg, "convnet_batchnorm", False))
     else:
         kw["width"] = cfg.width
     kw.update(overrides)
