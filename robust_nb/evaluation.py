@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .attacks import (attack_mode, ce_loss, check_model_inputs, default_kwargs, get_attack,
-                      loss_and_grad)
+from .attacks import attack_mode, ce_loss, check_model_inputs, loss_and_grad
+from .attacks.registry import default_kwargs, get_attack
 from .modes import model_device, model_mode
 
 

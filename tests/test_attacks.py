@@ -11,9 +11,23 @@ import pytest
 import torch
 from torch import nn
 
-from robust_nb.attacks import (apgd, attack_mode, autoattack, batchnorm_as_affine, dlr_loss,
-                               dlr_targeted_loss, fab, fgsm, fisher_rao, lp_norm, margin, pgd,
-                               run_autoattack, square, trades_kl)
+from robust_nb.attacks import (
+    apgd,
+    attack_mode,
+    autoattack,
+    batchnorm_as_affine,
+    dlr_loss,
+    dlr_targeted_loss,
+    fab,
+    fgsm,
+    fisher_rao,
+    lp_norm,
+    margin,
+    pgd,
+    run_autoattack,
+    square,
+    trades_kl,
+)
 from robust_nb.evaluation import accuracy
 
 EPS = 0.1                     # L-inf, pixel units
@@ -41,8 +55,8 @@ ATTACKS = {
     "pgd-dlr-targeted": ("linf", lambda m, x, y, s: pgd(m, x, y, EPS, 0.025, 5, loss="dlr", targeted=True,
                                                         target=(y + 1) % 10, seed=s)),
     "apgd-ce": ("linf", lambda m, x, y, s: apgd(m, x, y, EPS, steps=10, seed=s)),
-    "apgd-dlr-l2": ("l2", lambda m, x, y, s: apgd(m, x, y, EPS_L2, norm="l2", steps=10, loss="dlr", restarts=2,
-                                                  seed=s)),
+    "apgd-dlr-l2": ("l2", lambda m, x, y, s: apgd(m, x, y, EPS_L2, norm="l2", steps=10, loss="dlr",
+                                                  restarts=2, seed=s)),
     "apgd-t": ("linf", lambda m, x, y, s: apgd(m, x, y, EPS, steps=10, loss="dlr", targeted=True,
                                                n_target_classes=3, seed=s, batch_size=40)),
     "fab-t": ("linf", lambda m, x, y, s: fab(m, x, y, EPS, steps=10, n_target_classes=2, seed=s)),
@@ -274,7 +288,8 @@ def test_apgd_at_least_as_strong_as_torchattacks(trained):
     eps = 0.06                          # a radius where the model is partly robust
     ours = accuracy(model, apgd(model, x, y, eps, steps=25), y)
     theirs = accuracy(model, torchattacks.APGD(model, eps=eps, steps=25, seed=0)(x, y), y)
-    ours_t = accuracy(model, apgd(model, x, y, eps, steps=25, loss="dlr", targeted=True, n_target_classes=3), y)
+    ours_t = accuracy(model, apgd(model, x, y, eps, steps=25, loss="dlr", targeted=True,
+                                  n_target_classes=3), y)
     theirs_t = accuracy(model, torchattacks.APGDT(model, eps=eps, steps=25, n_restarts=1, n_classes=4,
                                                   seed=0)(x, y), y)
     assert 0.05 < theirs < accuracy(model, x, y)          # the comparison is not trivially 0 == 0

@@ -8,8 +8,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from robust_nb.attacks import fgsm, pgd  # noqa: E402
-from robust_nb.evaluation import (InputQuantization, accuracy, eps_sweep,  # noqa: E402
-                                  gradient_masking_check, predict_logits, robust_accuracy)
+from robust_nb.evaluation import (  # noqa: E402
+    InputQuantization,
+    accuracy,
+    eps_sweep,
+    gradient_masking_check,
+    predict_logits,
+    robust_accuracy,
+)
 from robust_nb.widgets import attack_example, attack_explorer  # noqa: E402
 
 
@@ -38,9 +44,11 @@ def test_eps_sweep_table_and_plot(trained):
         acc = sweep.accuracy[name]
         assert acc[0] == clean
         assert acc[-1] < clean - 0.3                      # a large eps breaks an undefended model
-        assert all(b <= a + 1 / 64 for a, b in zip(acc, acc[1:]))   # (nearly) monotone in eps
+        steps = zip(acc[:-1], acc[1:], strict=True)
+        assert all(b <= a + 1 / 64 for a, b in steps)     # (nearly) monotone in eps
     # PGD is at least as strong as FGSM at every eps (up to one sample).
-    assert all(p <= f + 1 / 64 for f, p in zip(sweep.accuracy["fgsm"], sweep.accuracy["pgd"]))
+    pairs = zip(sweep.accuracy["fgsm"], sweep.accuracy["pgd"], strict=True)
+    assert all(p <= f + 1 / 64 for f, p in pairs)
     assert sweep.accuracy["fgsm"][2] == accuracy(model, fgsm(model, x, y, 0.1), y)
     table = sweep.table()
     assert "pgd" in table and len(table.splitlines()) == 5

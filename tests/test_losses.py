@@ -42,7 +42,7 @@ def test_trades_loss_matches_the_reference_formula_and_its_gradients():
     # Gradients flow through both arguments exactly as in the reference (clean is not detached).
     g_ours = torch.autograd.grad(ours, [clean, adv])
     g_ref = torch.autograd.grad(_reference_trades(clean, adv, y, 6.0), [clean, adv])
-    for a, b in zip(g_ours, g_ref):
+    for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -59,7 +59,9 @@ def test_kl_divergence_sum_is_the_references_kldivloss_sum():
     ref = torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1))
     ours = kl_divergence_sum(clean, adv)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
-    for a, b in zip(torch.autograd.grad(ours, [clean, adv]), torch.autograd.grad(ref, [clean, adv])):
+    grads = zip(torch.autograd.grad(ours, [clean, adv]), torch.autograd.grad(ref, [clean, adv]),
+                strict=True)
+    for a, b in grads:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # TRADES' regulariser is this sum over the batch size.
     y = _labels()
@@ -84,7 +86,7 @@ def test_fire_loss_matches_the_authors_formula_and_its_gradients():
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     g_ours = torch.autograd.grad(ours, [clean, adv])
     g_ref = torch.autograd.grad(_reference_fire(clean, adv, y, 20.0), [clean, adv])
-    for a, b in zip(g_ours, g_ref):
+    for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # Without the stabiliser, the regulariser is (Fisher-Rao distance / 2)^2 on the batch.
     p, q = clean.detach().softmax(1), adv.detach().softmax(1)

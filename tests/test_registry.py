@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import robust_nb as rnb
-from robust_nb.attacks import (ATTACKS, SQUARE_QUERIES_PER_STEP, default_kwargs, get_attack,
-                               lp_norm, madry_alpha)
+from robust_nb.attacks import ATTACKS, default_kwargs, get_attack, lp_norm, madry_alpha
+from robust_nb.attacks.registry import SQUARE_QUERIES_PER_STEP
 from robust_nb.evaluation import accuracy
 
 NAMES = ("fgsm", "pgd", "apgd", "fab", "square", "autoattack", "trades", "fire")

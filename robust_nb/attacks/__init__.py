@@ -17,17 +17,28 @@ The building blocks (:mod:`.core`: :func:`attack_mode`, :func:`project`, :func:`
 
 from .apgd import apgd
 from .autoattack import STAGES, AutoAttackResult, Stage, autoattack, run_autoattack
-from .core import (NORMS, attack_mode, batched, batchnorm_as_affine, check_attack_inputs,
-                   check_labels, check_model_inputs, loss_and_grad, lp_norm, make_generator,
-                   normalize_direction, per_sample, project, random_start)
+from .core import (
+    NORMS,
+    attack_mode,
+    batched,
+    batchnorm_as_affine,
+    check_attack_inputs,
+    check_labels,
+    check_model_inputs,
+    loss_and_grad,
+    lp_norm,
+    make_generator,
+    normalize_direction,
+    per_sample,
+    project,
+    random_start,
+)
 from .divergence import fisher_rao, trades_kl
 from .fab import fab
 from .fgsm import fgsm
-from .objectives import (LOSSES, ce_loss, ce_targeted_loss, dlr_loss, dlr_targeted_loss, loss_fn,
-                         margin)
+from .objectives import ce_loss, ce_targeted_loss, dlr_loss, dlr_targeted_loss, margin
 from .pgd import pgd
-from .registry import (ATTACKS, SQUARE_QUERIES_PER_STEP, AttackSpec, default_kwargs, get_attack,
-                       madry_alpha)
+from .registry import ATTACKS, AttackSpec, default_kwargs, get_attack, madry_alpha
 from .square import square
 
 AUTOATTACK_ATTACKS = tuple(STAGES)        # AutoAttack's stage names
@@ -37,12 +48,11 @@ __all__ = [
     "apgd", "autoattack", "fab", "fgsm", "fisher_rao", "pgd", "run_autoattack", "square",
     "trades_kl", "AutoAttackResult", "AUTOATTACK_ATTACKS", "STAGES", "Stage",
     # registry
-    "ATTACKS", "AttackSpec", "SQUARE_QUERIES_PER_STEP", "default_kwargs", "get_attack",
-    "madry_alpha",
+    "ATTACKS", "AttackSpec", "default_kwargs", "get_attack", "madry_alpha",
     # building blocks
     "NORMS", "attack_mode", "batched", "batchnorm_as_affine", "check_attack_inputs",
     "check_labels", "check_model_inputs", "loss_and_grad", "lp_norm", "make_generator",
     "normalize_direction", "per_sample", "project", "random_start",
     # per-sample losses
-    "LOSSES", "ce_loss", "ce_targeted_loss", "dlr_loss", "dlr_targeted_loss", "loss_fn", "margin",
+    "ce_loss", "ce_targeted_loss", "dlr_loss", "dlr_targeted_loss", "margin",
 ]

@@ -39,8 +39,17 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import model_device
-from .core import (attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
-                   make_generator, normalize_direction, per_sample, project)
+from .core import (
+    attack_mode,
+    batched,
+    batchnorm_as_affine,
+    check_attack_inputs,
+    loss_and_grad,
+    make_generator,
+    normalize_direction,
+    per_sample,
+    project,
+)
 from .objectives import loss_fn
 
 

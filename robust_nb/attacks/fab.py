@@ -41,8 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import model_device
-from .core import (attack_mode, batched, check_attack_inputs, check_labels, lp_norm,
-                   make_generator)
+from .core import attack_mode, batched, check_attack_inputs, check_labels, lp_norm, make_generator
 from .core import per_sample as _view
 
 

@@ -25,8 +25,15 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..modes import model_device
-from .core import (attack_mode, batched, batchnorm_as_affine, check_attack_inputs, loss_and_grad,
-                   make_generator, project)
+from .core import (
+    attack_mode,
+    batched,
+    batchnorm_as_affine,
+    check_attack_inputs,
+    loss_and_grad,
+    make_generator,
+    project,
+)
 from .core import random_start as _random_start
 from .objectives import ce_loss
 
