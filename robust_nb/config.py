@@ -44,7 +44,8 @@ class Config:
     augment: str                 # DeviceLoader augmentation: "none" | "crop" | "crop+flip"
     # -- models -----------------------------------------------------------------------------
     model: str                   # the main model of the course (recipes without their own model)
-    convnet_filters: tuple       # ConvNet width (see rnb.models.ConvNet)
+    convnet_filters: int         # ConvNet base width f: stages f->2f, 2f->4f, 4f->8f (rnb.models.ConvNet)
+    convnet_batchnorm: bool      # BatchNorm after the ConvNet's convs (the course's net has none)
     resnet: str                  # the residual network used where a ResNet is trained
     width: float                 # width multiplier applied to every ResNet-family model
     drop_prob: float             # Dropout / DropBlock drop probability (1 - keep_prob), when used
@@ -80,7 +81,10 @@ class Config:
 _PROFILES: dict[str, dict] = {
     "quick": dict(
         dataset="mnist-5k", image_size=28, in_channels=1, num_classes=10, augment="crop",
-        model="convnet", convnet_filters=(8, 16, 32, 64), resnet="resnet18", width=0.25,
+        # BatchNorm in the quick ConvNet: without it lr 0.05 sits at the edge of stability (1 seed
+        # in 5 diverged, the others ended at 94.5-96.0% after 4 epochs); with it 5 of 5 seeds
+        # reached 96.7-97.3% for about 1.2x the time per epoch.
+        model="convnet", convnet_filters=8, convnet_batchnorm=True, resnet="resnet18", width=0.25,
         drop_prob=0.1, block_size=3, shift_pixels=3,
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
@@ -89,7 +93,8 @@ _PROFILES: dict[str, dict] = {
     ),
     "full": dict(
         dataset="cifar10", image_size=32, in_channels=3, num_classes=10, augment="crop+flip",
-        model="preact_resnet18", convnet_filters=(64, 128, 256, 512), resnet="resnet18", width=1.0,
+        model="preact_resnet18", convnet_filters=64, convnet_batchnorm=False, resnet="resnet18",
+        width=1.0,
         drop_prob=0.1, block_size=3, shift_pixels=4,
         eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
         attack_steps=20, restarts=1, square_queries=5000, apgd_steps=100, n_attack=10000,

@@ -35,7 +35,8 @@ def strided(pair, n):
 
 def convnet(data, seed=0):
     torch.manual_seed(seed)
-    return rnb.models.build_model("convnet", 10, 1, filters=FILTERS, mean=data.mean, std=data.std)
+    return rnb.models.build_model("convnet", 10, 1, filters=FILTERS, batchnorm=True,
+                                  mean=data.mean, std=data.std)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_every_method_beats_classical_training_on_pgd_accuracy(name, mnist, smal
     cls, kwargs, _ = METHODS[name]
     (x_train, y_train), (x_test, y_test) = small
     model = convnet(mnist)
-    history = cls(model, epochs=2, **{**COMMON, "schedule": "onecycle"}, robust_val=50,
+    history = cls(model, epochs=3, **{**COMMON, "schedule": "onecycle"}, robust_val=50,
                   **kwargs).fit((x_train, y_train), val=(x_test, y_test))
     base = pgd_accuracy(classical, x_test, y_test)
     robust = pgd_accuracy(model.eval(), x_test, y_test)

@@ -17,7 +17,7 @@ ALPHA = 2.5 * EPS / STEPS
 
 def _model(mnist, seed=0):
     torch.manual_seed(seed)
-    return rnb.models.build_model("convnet", 10, 1, filters=(8, 16, 16, 32),
+    return rnb.models.build_model("convnet", 10, 1, filters=(8, 16, 16, 32), batchnorm=True,
                                   mean=mnist.mean, std=mnist.std)
 
 
@@ -174,7 +174,7 @@ def test_short_training_beats_classical_on_pgd_accuracy(mnist):
 
     def pgd_accuracy(cls, **kw):
         model = _model(mnist)
-        kw = dict(epochs=2, lr=0.05, batch_size=64, quiet=True, **kw)
+        kw = dict(epochs=4, lr=0.05, batch_size=64, quiet=True, **kw)
         cls(model, **kw).fit(train)
         return rnb.evaluation.robust_accuracy(model, *test, "pgd", eps=EPS, alpha=EPS / 4, steps=10)
 

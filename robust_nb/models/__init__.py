@@ -117,7 +117,7 @@ def for_config(cfg, data, name: str | None = None, regularization: str | None = 
               drop_prob=cfg.drop_prob, block_size=cfg.block_size)
     if name.lower() == "convnet":
         kw["filters"] = cfg.convnet_filters
-        kw["batchnorm"] = bool(getattr(cfg, "convnet_batchnorm", False))
+        kw["batchnorm"] = cfg.convnet_batchnorm
     else:
         kw["width"] = cfg.width
     kw.update(overrides)
