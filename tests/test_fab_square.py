@@ -10,7 +10,7 @@ from torch import nn
 from torchattacks.attacks.fab import projection_l2 as ref_projection_l2
 from torchattacks.attacks.fab import projection_linf as ref_projection_linf
 
-from robust_nb.attacks._base import lp_norm
+from robust_nb.attacks import lp_norm
 from robust_nb.attacks.fab import fab, project_onto_hyperplane_box
 from robust_nb.attacks.square import eta_profile, p_selection, square
 
@@ -210,7 +210,7 @@ def _ref_l2_update(x_curr, x_best_curr, eps, s, vh, vw, vh2, vw2, eta, signs):
 def test_square_l2_update_matches_reference_on_colour_images(seed):
     """One L2 proposal on 3-channel images equals the reference's update with the same draws
     (the window norms are per channel there; pooling them over channels fails this)."""
-    from robust_nb.attacks.square import _l2_proposal
+    from robust_nb.attacks.square import l2_proposal
 
     g = torch.Generator().manual_seed(seed)
     B, C, H, W, eps = 12, 3, 16, 16, 1.5
@@ -223,8 +223,8 @@ def test_square_l2_update_matches_reference_on_colour_images(seed):
     for p in (0.8, 0.1, 0.03, 0.01):                # s = 15 (odd side of 16), 5, 3, 3
         s = max(round((p * H * W) ** 0.5), 3)
         s = min(s + 1 - s % 2, H, W)
-        ours = _l2_proposal(x, x_best, eps, p, torch.Generator().manual_seed(100 + seed))
-        # the same draws, in the order _l2_proposal makes them
+        ours = l2_proposal(x, x_best, eps, p, torch.Generator().manual_seed(100 + seed))
+        # the same draws, in the order l2_proposal makes them
         r = torch.Generator().manual_seed(100 + seed)
         vh, vw, vh2, vw2 = (torch.randint(0, max(H - s, 1), (B,), generator=r) for _ in range(4))
         transpose = torch.randint(0, 2, (B,), generator=r)

@@ -189,7 +189,7 @@ def _square_run(model, x, label, eps, norm, queries, p_init, loss, targeted, gen
         if norm == "linf":
             x_new = _linf_proposal(xc, xbc, eps, p, gen)
         else:
-            x_new = _l2_proposal(xc, xbc, eps, p, gen)
+            x_new = l2_proposal(xc, xbc, eps, p, gen)
         m, lo = _margin_and_loss(model, x_new, lc, loss, targeted)
         improved = lo < loss_min[idx]
         loss_min[idx] = torch.where(improved, lo, loss_min[idx])
@@ -211,7 +211,7 @@ def _linf_proposal(x: Tensor, x_best: Tensor, eps: float, p: float, gen) -> Tens
     return torch.minimum(torch.maximum(x_new, x - eps), x + eps).clamp(0.0, 1.0)
 
 
-def _l2_proposal(x: Tensor, x_best: Tensor, eps: float, p: float, gen) -> Tensor:
+def l2_proposal(x: Tensor, x_best: Tensor, eps: float, p: float, gen) -> Tensor:
     """Move the perturbation of window 2 into window 1, add a fresh eta profile there and rescale
     the whole perturbation to norm eps (the reference's L2 update, per sample)."""
     B, C, H, W = x.shape
