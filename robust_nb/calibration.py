@@ -24,8 +24,8 @@ values outside [0, 1], mismatched lengths, labels outside [0, K) -- raises ``Val
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -383,7 +383,7 @@ class TemperatureScaled(nn.Module):
 
     @classmethod
     def fit(cls, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500,
-            **fit_kwargs) -> "TemperatureScaled":
+            **fit_kwargs) -> TemperatureScaled:
         """Fit T on held-out images ``x`` (N, C, H, W) and labels ``y`` and wrap ``model``."""
         from .evaluation import predict_logits
 

@@ -18,8 +18,8 @@ def image_grid(images: Tensor, titles=None, ncols: int = 10, scale: float = 1.2,
     """Draw a batch of images (N, C, H, W) in a grid, with optional per-image titles."""
     n = len(images)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.3 * (titles is not None)),
-                             squeeze=False)
+    height = scale * nrows + 0.3 * (titles is not None)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:

@@ -231,7 +231,7 @@ def test_bootstrap_interval_matches_the_normal_approximation_for_a_mean():
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(2000, 5, generator=g, dtype=torch.float64) * 2, 1)
     labels = torch.zeros(2000, dtype=torch.long)
-    mean_conf = lambda p, l: p.max(1).values.mean().item()  # noqa: E731
+    mean_conf = lambda p, y: p.max(1).values.mean().item()  # noqa: E731
     lo, mid, hi = bootstrap_interval(mean_conf, probs, labels, n_resamples=300, level=0.9, seed=1)
     est = mean_conf(probs, labels)
     half = 1.645 * probs.max(1).values.std().item() / 2000 ** 0.5

@@ -8,8 +8,16 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import drop_block2d as tv_drop_block2d
 
-from robust_nb.models import (DropBlock2d, DropBlockSchedule, blocks_from_seeds, build_model,
-                              drop_block2d, dropblock_drop_rate, dropblock_gamma, dropblock_mask)
+from robust_nb.models import (
+    DropBlock2d,
+    DropBlockSchedule,
+    blocks_from_seeds,
+    build_model,
+    drop_block2d,
+    dropblock_drop_rate,
+    dropblock_gamma,
+    dropblock_mask,
+)
 
 
 def _gen(seed=0):

@@ -9,10 +9,21 @@ import torchvision
 from torch import nn
 
 import robust_nb as rnb
-from robust_nb.models import (DropBlock2d, Normalize, SqueezeExcitation, available_models,
-                              build_model, count_flops, count_parameters, feature_maps,
-                              feature_shapes, for_config, layer_gradient_norms, se_gates,
-                              summarize)
+from robust_nb.models import (
+    DropBlock2d,
+    Normalize,
+    SqueezeExcitation,
+    available_models,
+    build_model,
+    count_flops,
+    count_parameters,
+    feature_maps,
+    feature_shapes,
+    for_config,
+    layer_gradient_norms,
+    se_gates,
+    summarize,
+)
 from robust_nb.models.convnet import ConvNet, convnet_widths
 
 # Standard CIFAR definitions, 3 input channels, 10 classes. ResNet-18/34/50 as in

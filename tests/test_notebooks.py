@@ -5,7 +5,6 @@ nbval executes the notebooks themselves (pytest collects notebooks/ with --nbval
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 

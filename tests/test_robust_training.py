@@ -13,8 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import robust_nb as rnb
-from robust_nb.training import (AdversarialTraining, AutoAttackTraining, ClassicalTraining,
-                                FastAdversarialTraining)
+from robust_nb.training import (
+    AdversarialTraining,
+    AutoAttackTraining,
+    ClassicalTraining,
+    FastAdversarialTraining,
+)
 
 EPS = 0.1            # the quick profile's eps_linf
 FILTERS = (8, 16, 32, 64)

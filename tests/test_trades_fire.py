@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import robust_nb as rnb
-from robust_nb.losses import fire_loss, trades_loss
-from robust_nb.training.fire import FireTraining
-from robust_nb.losses import kl_divergence_sum
+from robust_nb.losses import fire_loss, kl_divergence_sum, trades_loss
 from robust_nb.training import TradesTraining
+from robust_nb.training.fire import FireTraining
 
 EPS, STEPS = 0.1, 3
 ALPHA = 2.5 * EPS / STEPS

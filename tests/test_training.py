@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 from robust_nb.models.layers import Normalize
-from robust_nb.training import (CheckpointError, ClassicalTraining, History, TrainingDiverged,
-                                load_or_train, lr_factor, train_method)
+from robust_nb.training import (
+    CheckpointError,
+    ClassicalTraining,
+    History,
+    TrainingDiverged,
+    load_or_train,
+    lr_factor,
+    train_method,
+)
 from robust_nb.training import checkpoint as ckpt_mod
 
 
@@ -416,7 +423,7 @@ def test_options_come_from_keywords_or_an_instance(small):
     with pytest.raises(ValueError, match="needs epochs"):
         ClassicalTraining(tiny_model(), lr=0.1, batch_size=8)
     with pytest.raises(AttributeError, match="nope"):
-        trainer.nope
+        _ = trainer.nope
     assert "peak learning rate" in str(opts)              # print(options) documents every field
 
 

@@ -16,13 +16,30 @@ from collections.abc import Sequence
 from torch import nn
 
 from .convnet import ConvNet
-from .layers import (REGULARIZATIONS, DropBlock2d, DropBlockSchedule, Normalize, SqueezeExcitation,
-                     blocks_from_seeds, check_regularization, drop_block2d, dropblock_drop_rate,
-                     dropblock_gamma, dropblock_mask)
+from .layers import (
+    REGULARIZATIONS,
+    DropBlock2d,
+    DropBlockSchedule,
+    Normalize,
+    SqueezeExcitation,
+    blocks_from_seeds,
+    check_regularization,
+    drop_block2d,
+    dropblock_drop_rate,
+    dropblock_gamma,
+    dropblock_mask,
+)
 from .resnet import ResNet, preact_resnet, resnet, se_resnet, wide_resnet
 from .robustbench import ModelUnavailableError, load_robustbench, robustbench_weights_path
-from .summary import (count_flops, count_parameters, feature_maps, feature_shapes,
-                      layer_gradient_norms, se_gates, summarize)
+from .summary import (
+    count_flops,
+    count_parameters,
+    feature_maps,
+    feature_shapes,
+    layer_gradient_norms,
+    se_gates,
+    summarize,
+)
 
 __all__ = ["build_model", "available_models", "for_config", "Normalize", "DropBlock2d",
            "DropBlockSchedule", "drop_block2d", "dropblock_gamma", "dropblock_drop_rate",

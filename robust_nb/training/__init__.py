@@ -9,8 +9,15 @@ from .checkpoint import CheckpointError
 from .fast import FastAdversarialTraining
 from .fire import FireTraining
 from .history import History
-from .options import (AdversarialOptions, AutoAttackOptions, FastOptions, FireOptions,
-                      PGDOptions, TradesOptions, TrainOptions)
+from .options import (
+                      AdversarialOptions,
+                      AutoAttackOptions,
+                      FastOptions,
+                      FireOptions,
+                      PGDOptions,
+                      TradesOptions,
+                      TrainOptions,
+)
 from .recipes import METHODS, Recipe, recipe, train_method
 from .schedules import SCHEDULES, lr_factor
 from .trades import TradesTraining

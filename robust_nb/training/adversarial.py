@@ -53,7 +53,7 @@ class _BatchStatsView(nn.Module):
         super().__init__()
         self.model = model
 
-    def train(self, mode: bool = True) -> "_BatchStatsView":
+    def train(self, mode: bool = True) -> _BatchStatsView:
         self.training = mode          # the view's own flag only; the model stays as it is
         return self
 

@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from ..config import resolve_profile

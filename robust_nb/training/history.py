@@ -43,7 +43,7 @@ class History:
         return {"records": [dict(r) for r in self.records], "stopped": self.stopped}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "History":
+    def from_dict(cls, d: dict) -> History:
         if not isinstance(d, dict) or "records" not in d:
             raise ValueError("not a History dict: expected a dict with 'records'")
         return cls(records=[dict(r) for r in d["records"]], stopped=d.get("stopped"))

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..attacks import NORMS, madry_alpha
 from ..data import AUGMENTATIONS
@@ -110,7 +111,7 @@ def eps_warmup_field():
                doc="epochs over which eps (and the attack step) ramp up linearly from 0")
 
 
-def validate(options: "TrainOptions") -> None:
+def validate(options: TrainOptions) -> None:
     """Run every field's check (normalising its value: ints, floats, tuples), then the
     method's cross-field checks (:meth:`TrainOptions.check_together`)."""
     for f in dataclasses.fields(options):
@@ -165,7 +166,7 @@ class TrainOptions:
             raise ValueError(f"milestones must be epochs below epochs={self.epochs}, "
                              f"got {self.milestones}")
 
-    def replace(self, **changes) -> "TrainOptions":
+    def replace(self, **changes) -> TrainOptions:
         """A copy with ``changes`` (checked like a new instance)."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
@@ -178,7 +179,7 @@ class TrainOptions:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def build(cls, **kwargs) -> "TrainOptions":
+    def build(cls, **kwargs) -> TrainOptions:
         """Like ``cls(**kwargs)`` with a clear error for unknown or missing options."""
         names = set(cls.names())
         unknown = sorted(set(kwargs) - names)
