@@ -11,6 +11,10 @@ profile the published numbers) and every figure of the executed notebooks as
 ``figures/<notebook>--<section>-<k>.png``, the section being the nearest markdown heading above
 the figure.
 
+``python -m robust_nb run --smoke [NOTEBOOK ...]`` (or ``$ROBUST_NB_SMOKE=1``) runs them in the full
+profile at tiny sizes on a fake CIFAR-10, every cell even after an error, into ``results/smoke/``,
+and fails on any error but an ``AssertionError`` (see :mod:`robust_nb.smoke`).
+
 Each kernel gets ``$ROBUST_NB_PROFILE``, ``$ROBUST_NB_RESULTS`` (the output folder, where
 ``rnb.report.record`` writes) and ``$ROBUST_NB_NOTEBOOK`` (the notebook's name). Bad arguments
 exit with code 2, a failing notebook with 1.
@@ -78,12 +82,13 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def execute_notebook(path: Path, out_dir: Path, timeout: int = 1800):
+def execute_notebook(path: Path, out_dir: Path, timeout: int = 1800, allow_errors: bool = False):
     """Execute one notebook with nbclient (cwd = its folder) and write the executed copy to
     ``out_dir``; return ``(notebook, seconds)``. The kernel records into ``out_dir``
     (``$ROBUST_NB_RESULTS``) under the notebook's name (``$ROBUST_NB_NOTEBOOK``); the records
     that notebook made in an earlier run are forgotten first. Raises :class:`NotebookFailed`
-    (the executed copy up to the failing cell is still written)."""
+    (the executed copy up to the failing cell is still written); with ``allow_errors`` every
+    cell runs and errors stay in the cells' outputs (the smoke run reads them there)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -99,6 +104,7 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 1800):
     bar = tqdm(total=n_code, desc=path.stem, unit="cell", leave=True)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
+                            allow_errors=allow_errors,
                             on_cell_executed=lambda **_: bar.update(1))
     start = time.perf_counter()
     try:
@@ -223,17 +229,32 @@ def _parser() -> argparse.ArgumentParser:
                          help="output folder (default: $ROBUST_NB_RESULTS, else "
                               "results/<profile> at the repository root)")
         cmd.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+        if name == "run":
+            cmd.add_argument("--smoke", action="store_true",
+                             help="the full profile at tiny sizes on a fake CIFAR-10 (CI): fails "
+                                  "on any error but AssertionError; see robust_nb/smoke.py "
+                                  "(default --out: results/smoke)")
+            cmd.add_argument("--data", type=Path, default=None,
+                             help="with --smoke: a folder holding cifar-10-batches-py (default: "
+                                  "a fake copy written into a temporary folder)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
+    from . import smoke as smoke_run
     from .config import resolve_profile
     from .report import default_results_dir, write_results_md
 
     try:
-        profile, why = resolve_profile(args.profile)
+        smoke = getattr(args, "smoke", False) or smoke_run.enabled()   # or $ROBUST_NB_SMOKE=1
+        if smoke and (args.command != "run" or args.profile == "quick"):
+            raise ValueError(f"a smoke run (--smoke or ${smoke_run.ENV_SMOKE}=1) is 'run' in the "
+                             f"full profile")
+        if getattr(args, "data", None) and not smoke:
+            raise ValueError("--data needs --smoke")
+        profile, why = ("full", "smoke") if smoke else resolve_profile(args.profile)
         paths = find_notebooks(args.notebooks)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -241,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout < 1:
         print(f"error: --timeout must be at least 1 second, got {args.timeout}", file=sys.stderr)
         return 2
+    if smoke:
+        return smoke_run.run_smoke(paths, (args.out or smoke_run.default_smoke_dir()).resolve(),
+                                   args.timeout, data_root=args.data)
     out_dir = (args.out or default_results_dir(profile)).resolve()
     print(f"running {len(paths)} notebook(s) in the {profile} profile ({why}); "
           f"executed copies go to {out_dir}/")

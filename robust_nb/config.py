@@ -177,6 +177,9 @@ def setup(profile: str | None = None, seed: int = 0, *, verbose: bool = True) ->
     seed_everything(seed)
     threads = _tune_threads(device)
     cfg = Config(profile=name, device=device, seed=seed, **_PROFILES[name])
+    from . import smoke
+    if smoke.enabled():                  # $ROBUST_NB_SMOKE=1: tiny sizes, see robust_nb.smoke
+        cfg, why = smoke.shrink_config(cfg), f"{why}; SMOKE run, tiny sizes"
     if verbose:
         print(f"robust_nb: profile={name} ({why}) | device={device} | dataset={cfg.dataset} "
               f"| threads={threads} | seed={seed}")

@@ -243,7 +243,9 @@ def recipe(cfg: Config, method: str = "classical") -> Recipe:
     if method not in METHODS:
         raise ValueError(f"unknown training method {method!r}; known methods: "
                          f"{', '.join(METHODS)}")
-    return _PROFILES[cfg.profile](cfg)[method]
+    r = _PROFILES[cfg.profile](cfg)[method]
+    from .. import smoke
+    return smoke.shrink_recipe(r) if smoke.enabled() else r   # $ROBUST_NB_SMOKE=1: tiny sizes
 
 
 def holdout_split(data: Dataset, n: int, seed: int):
@@ -283,6 +285,9 @@ def train_method(cfg: Config, data: Dataset, method: str = "classical", *,
     """
     r = recipe(cfg, method)
     options = r.options.replace(**overrides) if overrides else r.options
+    from .. import smoke
+    if smoke.enabled():                  # overrides (epochs=...) stay tiny in a smoke run too
+        options = smoke.shrink_options(options)
     name = model_name or r.model
 
     def build() -> nn.Module:
