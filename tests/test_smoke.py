@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import pickle
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -251,6 +252,48 @@ def test_smoke_counts_failed_asserts_and_fails_on_any_other_error(tmp_path, caps
     assert printed[4] != str(rnb.training.cache.default_cache_dir())    # a cache of its own
     assert executed.cells[3].outputs[0]["text"] == "after the assert\n"  # every cell ran
     assert nbformat.read(out / "98_bug.ipynb", as_version=4).cells[2].outputs
+
+
+def test_the_environment_variable_starts_a_smoke_run_too(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROBUST_NB_SMOKE", "1")
+    monkeypatch.setenv("ROBUST_NB_PROFILE", "quick")        # a smoke run is full anyway
+    nb = _notebook(tmp_path / "96_env.ipynb",
+                   "import os\nprint(os.environ['ROBUST_NB_PROFILE'], os.environ['ROBUST_NB_DATA'])")
+    assert main(["run", str(nb), "--out", str(tmp_path / "out")]) == 0
+    assert "smoke run: full profile" in capsys.readouterr().out
+    executed = nbformat.read(tmp_path / "out" / "96_env.ipynb", as_version=4)
+    profile, data = executed.cells[1].outputs[0]["text"].split()
+    assert profile == "full" and Path(data).name == "data" and "robust_nb_smoke_" in data
+    assert not Path(data).exists()                           # the temporary copy is gone
+
+
+def _traceback(*frames):
+    """An IPython traceback (as nbclient stores it, ANSI codes removed) through ``frames``."""
+    lines = ["-" * 75, "AssertionError                            Traceback (most recent call last)"]
+    for frame in frames:
+        lines += [frame, "      1 x = 1", "----> 2 check(x)", ""]
+    return "\n".join(lines + ["AssertionError: "])
+
+
+PACKAGE = Path(rnb.__file__).resolve().parent
+CELL = "Cell In[7], line 2"
+IN_PACKAGE = f"File {PACKAGE / 'training' / 'base.py'}:301, in ClassicalTraining.fit(self, train)"
+IN_TORCH = "File /venv/lib/python3.11/site-packages/torch/testing/_comparison.py:1587, in assert_close()"
+
+
+@pytest.mark.parametrize("frames, expected", [
+    ((CELL,), True),                                  # the notebook's own assert
+    ((CELL, IN_TORCH), True),                         # a testing helper the notebook called
+    ((CELL, IN_PACKAGE, CELL), True),                 # its assert in a callback the package ran
+    ((CELL, IN_PACKAGE), False),                      # an assert inside robust_nb: a bug
+    ((CELL, IN_PACKAGE, IN_TORCH), False),            # torch asserting below robust_nb: a bug
+    (("Input In [3], in <cell line: 2>()", IN_PACKAGE), False),      # older IPython formats
+    (("<ipython-input-3-1f2e> in <module>", IN_TORCH), True),
+])
+def test_only_the_notebooks_own_assertion_errors_are_expected(frames, expected):
+    error = smoke.CellError("04_attacks", 7, "AssertionError", "", "check(x)", _traceback(*frames))
+    assert error.expected is expected
+    assert not dataclasses.replace(error, ename="ValueError").expected
 
 
 def test_smoke_arguments_are_checked(tmp_path, capsys, monkeypatch):
