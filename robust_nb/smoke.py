@@ -200,7 +200,7 @@ def write_fake_cifar10(root: str | os.PathLike, n_train: int = N_TRAIN, n_test: 
 
     >>> root = write_fake_cifar10(tmp_path)                 # then, with ROBUST_NB_SMOKE=1:
     >>> rnb.data.load_dataset("cifar10", root=root)          # doctest: +SKIP
-    Dataset('cifar10', train=(20, 3, 32, 32), test=(20, 3, 32, 32), classes=10)
+    Dataset('cifar10', train=(10, 3, 32, 32), test=(10, 3, 32, 32), classes=10)
     """
     for name, n in (("n_train", n_train), ("n_test", n_test)):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < len(LABEL_NAMES):
