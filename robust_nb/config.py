@@ -51,6 +51,7 @@ class Config:
     drop_prob: float             # Dropout / DropBlock drop probability (1 - keep_prob), when used
     block_size: int              # DropBlock block size (feature-map pixels)
     shift_pixels: int            # largest test-image shift in notebook 03's augmentation check
+    ema_decay: float             # the weight EMA notebook 03 shows as an extra (recipes use none)
     # -- threat models (pixel space, images in [0, 1]) --------------------------------------
     eps_linf: float
     alpha_linf: float            # PGD step size, L-inf
@@ -85,7 +86,7 @@ _PROFILES: dict[str, dict] = {
         # in 5 diverged, the others ended at 94.5-96.0% after 4 epochs); with it 5 of 5 seeds
         # reached 96.7-97.3% for about 1.2x the time per epoch.
         model="convnet", convnet_filters=8, convnet_batchnorm=True, resnet="resnet18", width=0.25,
-        drop_prob=0.1, block_size=3, shift_pixels=3,
+        drop_prob=0.1, block_size=3, shift_pixels=3, ema_decay=0.95,
         eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
         attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
         trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=1, n_autoattack=50,
@@ -95,7 +96,7 @@ _PROFILES: dict[str, dict] = {
         dataset="cifar10", image_size=32, in_channels=3, num_classes=10, augment="crop+flip",
         model="preact_resnet18", convnet_filters=64, convnet_batchnorm=False, resnet="resnet18",
         width=1.0,
-        drop_prob=0.1, block_size=3, shift_pixels=4,
+        drop_prob=0.1, block_size=3, shift_pixels=4, ema_decay=0.999,
         eps_linf=8 / 255, alpha_linf=2 / 255, eps_l2=0.5, alpha_l2=0.1,
         attack_steps=20, restarts=1, square_queries=5000, apgd_steps=100, n_attack=10000,
         trades_betas=(0.0, 1.0, 3.0, 6.0, 12.0), trades_sweep_epochs=76, n_autoattack=10000,

@@ -96,6 +96,7 @@ class AdversarialMethod(ClassicalTraining):
     """
 
     Options = AdversarialOptions
+    loss_name = "cross-entropy on adversarial examples"
 
     def __init__(self, model: nn.Module, options=None, **kwargs):
         super().__init__(model, options, **kwargs)

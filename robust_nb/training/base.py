@@ -132,6 +132,7 @@ class ClassicalTraining:
     """
 
     Options = TrainOptions
+    loss_name = "cross-entropy"            # what History calls the training loss
 
     def __init__(self, model: nn.Module, options: TrainOptions | None = None, *,
                  checkpoint: str | Path | None = None, log_every: int = 50, quiet: bool = False,
@@ -175,7 +176,7 @@ class ClassicalTraining:
         self.epoch = 0           # epochs completed
         self.global_step = 0     # optimizer steps taken
         self.steps_per_epoch: int | None = None   # known once fit() has built the loader
-        self.history = History()
+        self.history = History(loss_name=self.loss_name)
         self.stop_reason: str | None = None
         self._loader: DeviceLoader | None = None
 

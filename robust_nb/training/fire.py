@@ -44,6 +44,7 @@ class FireTraining(TradesTraining):
     """
 
     Options = FireOptions
+    loss_name = "FIRE: CE + beta FR^2/4"
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         """The authors' inner maximisation: ``rnb.attacks.fisher_rao``."""

@@ -17,11 +17,13 @@ class History:
     on), ``val_loss`` and ``val_acc`` (of the evaluation model, ``None`` without validation
     data), ``lr`` (at the end of the epoch) and ``time`` (seconds). Methods may add keys
     (e.g. ``val_acc_raw`` for the raw weights when EMA is on). ``stopped`` holds the reason
-    when a method stopped training early, else ``None``.
+    when a method stopped training early, else ``None``. ``loss_name`` says what the training
+    ``loss`` is (the method's objective; ``val_loss`` is always the clean cross-entropy).
     """
 
     records: list[dict] = field(default_factory=list)
     stopped: str | None = None
+    loss_name: str = "cross-entropy"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -40,13 +42,15 @@ class History:
         return self.records[-1]
 
     def to_dict(self) -> dict:
-        return {"records": [dict(r) for r in self.records], "stopped": self.stopped}
+        return {"records": [dict(r) for r in self.records], "stopped": self.stopped,
+                "loss_name": self.loss_name}
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
         if not isinstance(d, dict) or "records" not in d:
             raise ValueError("not a History dict: expected a dict with 'records'")
-        return cls(records=[dict(r) for r in d["records"]], stopped=d.get("stopped"))
+        return cls(records=[dict(r) for r in d["records"]], stopped=d.get("stopped"),
+                   loss_name=d.get("loss_name", "cross-entropy"))
 
     def plot(self, title: str | None = None, axes=None):
         """Learning curves: loss and accuracy (train and validation) per epoch, and the lr.
@@ -69,9 +73,9 @@ class History:
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=label, **kw)
 
-        curve(axes[0], "loss", "train")
-        curve(axes[0], "val_loss", "validation")
-        axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+        curve(axes[0], "loss", f"train: {self.loss_name}")
+        curve(axes[0], "val_loss", "validation: cross-entropy")
+        axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
         curve(axes[1], "acc", "train")
         curve(axes[1], "val_acc", "validation")
         if "val_acc_raw" in self.records[0]:

@@ -54,6 +54,7 @@ class TradesTraining(ClassicalTraining):
     """
 
     Options = TradesOptions
+    loss_name = "TRADES: CE + beta KL"
 
     def __init__(self, model: nn.Module, options=None, **kwargs):
         super().__init__(model, options, **kwargs)
