@@ -36,6 +36,8 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .files import atomic_write
+
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 FIGURE_DIR = "figures"
 
@@ -114,7 +116,7 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 1800, allow_error
         raise NotebookFailed(f"{path.name} failed:\n{err}") from None
     finally:
         bar.close()
-        report.atomic_write(out_dir / path.name, nbformat.writes(nb))
+        atomic_write(out_dir / path.name, nbformat.writes(nb))
     return nb, time.perf_counter() - start
 
 
@@ -172,7 +174,6 @@ def notebook_figures(nb) -> list[tuple[str, bytes]]:
 def save_figures(nb, stem: str, out_dir: Path) -> list[Path]:
     """Write every PNG of ``nb`` as ``out_dir/<stem>--<section>-<k>.png`` (k counts from 1 in
     each section) after deleting that notebook's PNGs of an earlier run; return the paths."""
-    from .report import atomic_write
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob(f"{glob_escape(stem)}--*.png"):

@@ -29,15 +29,15 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .files import atomic_write
 from .stats import Accuracy
 
 __all__ = ["record", "load", "clear", "write_results_md", "results_table", "default_results_dir",
-           "results_path", "atomic_write", "Record", "Published", "PUBLISHED", "ENV_RESULTS",
+           "results_path", "Record", "Published", "PUBLISHED", "ENV_RESULTS",
            "ENV_NOTEBOOK", "RESULTS_FILE", "RESULTS_MD", "METHODS", "METRICS"]
 
 ENV_RESULTS = "ROBUST_NB_RESULTS"
@@ -78,29 +78,6 @@ def results_path(results_dir: str | os.PathLike | None = None) -> Path:
     """The ``results.json`` file in ``results_dir`` (default :func:`default_results_dir`)."""
     folder = Path(results_dir) if results_dir is not None else default_results_dir()
     return folder / RESULTS_FILE
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it into place, so
-    a reader never sees half a file. Text is written as UTF-8. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 @contextlib.contextmanager

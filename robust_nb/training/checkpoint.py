@@ -11,10 +11,11 @@ a clear message instead of failing later on a missing key.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..files import atomic_write
 
 CHECKPOINT_FORMAT = "robust_nb.checkpoint/1"
 CACHE_FORMAT = "robust_nb.cache/1"
@@ -25,21 +26,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`robust_nb.files.atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_load(path: str | os.PathLike, expected_format: str, map_location=None) -> dict:
