@@ -16,7 +16,7 @@ from .config import Config, setup
 __version__ = "0.1.0"
 
 _SUBMODULES = ("attacks", "calibration", "config", "data", "evaluation", "losses", "models",
-               "plots", "report", "stats", "training", "widgets")
+               "plots", "progress", "report", "stats", "training", "widgets")
 
 __all__ = ["Config", "setup", *_SUBMODULES]
 

@@ -16,7 +16,8 @@ profile at tiny sizes on a fake CIFAR-10, every cell even after an error, into `
 and fails on any error but an ``AssertionError`` (see :mod:`robust_nb.smoke`).
 
 Each kernel gets ``$ROBUST_NB_PROFILE``, ``$ROBUST_NB_RESULTS`` (the output folder, where
-``rnb.report.record`` writes) and ``$ROBUST_NB_NOTEBOOK`` (the notebook's name). Bad arguments
+``rnb.report.record`` writes), ``$ROBUST_NB_NOTEBOOK`` (the notebook's name) and
+``$ROBUST_NB_TEXT_PROGRESS=1`` (text progress bars: no front-end stores widget state). Bad arguments
 exit with code 2, a failing notebook with 1.
 
 >>> main(["reproduce", "04", "--profile", "quick"])                    # doctest: +SKIP
@@ -94,23 +95,24 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 1800, allow_error
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
-    from tqdm.auto import tqdm
 
     from . import report
+    from .progress import ENV_TEXT_PROGRESS, progress
 
     nb = nbformat.read(path, as_version=4)
     n_code = sum(cell.cell_type == "code" for cell in nb.cells)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     report.clear(notebook=path.stem, results_dir=out_dir)
-    bar = tqdm(total=n_code, desc=path.stem, unit="cell", leave=True)
+    bar = progress(total=n_code, desc=path.stem, unit="cell", leave=True, mininterval=0.1)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
                             allow_errors=allow_errors,
                             on_cell_executed=lambda **_: bar.update(1))
     start = time.perf_counter()
     try:
-        with _environment(**{report.ENV_RESULTS: str(out_dir), report.ENV_NOTEBOOK: path.stem}):
+        with _environment(**{report.ENV_RESULTS: str(out_dir), report.ENV_NOTEBOOK: path.stem,
+                             ENV_TEXT_PROGRESS: "1"}):     # no front-end draws widgets here
             client.execute()
     except CellExecutionError as err:
         raise NotebookFailed(f"{path.name} failed:\n{err}") from None

@@ -65,11 +65,13 @@ def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack="pgd",
 
 @dataclass
 class EpsSweep:
-    """Robust accuracy as a function of eps for one or more attacks (``eps[0]`` may be 0)."""
+    """Robust accuracy as a function of eps for one or more attacks (``eps[0]`` may be 0),
+    measured on ``n`` images (``None`` when unknown: then :meth:`plot` needs its ``n``)."""
 
     eps: list
     accuracy: dict          # attack label -> list of accuracies, one per eps
     norm: str = "linf"
+    n: int | None = None    # the number of images every accuracy was measured on
 
     def table(self) -> str:
         names = list(self.accuracy)
@@ -78,16 +80,24 @@ class EpsSweep:
             lines.append(f"{e:<8.4g} " + "".join(f"{self.accuracy[n][i]:>10.1%}" for n in names))
         return "\n".join(lines)
 
-    def plot(self, ax=None):
-        """Accuracy against eps, one line per attack; returns the Figure."""
+    def plot(self, ax=None, n: int | None = None):
+        """Accuracy against eps, one line per attack with the 95% Wilson interval of every point
+        (``n`` images: the sweep's own, else this argument); returns the Figure."""
         import matplotlib.pyplot as plt
 
+        from .plots import wilson_errors
+
+        n = n if n is not None else self.n
+        if n is None:
+            raise ValueError("the sweep does not know its number of images n (needed for the 95% "
+                             "error bars); pass plot(n=len(y))")
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.5))
         for name, acc in self.accuracy.items():
-            ax.plot(self.eps, acc, marker="o", label=name)
+            ax.errorbar(self.eps, acc, yerr=wilson_errors(acc, n), marker="o", capsize=3,
+                        label=name)
         ax.set_xlabel(f"eps ({'L-inf' if self.norm == 'linf' else 'L2'}, pixel units)")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(f"accuracy ({n} images, 95% intervals)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -104,7 +114,7 @@ def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, eps_values, attacks=("pgd"
     of every iterative attack there), updated by ``attack_kwargs``; eps = 0 is the clean
     accuracy.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress as progress_bar
 
     eps_values = [float(e) for e in eps_values]
     if not eps_values or any(not e >= 0 for e in eps_values):
@@ -114,13 +124,13 @@ def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, eps_values, attacks=("pgd"
         default_kwargs(a, 0.0, norm, steps)
     acc = {a: [] for a in attacks}
     jobs = [(a, e) for a in attacks for e in eps_values]
-    for a, e in tqdm(jobs, desc="eps sweep", disable=not progress):
+    for a, e in progress_bar(jobs, desc="eps sweep", disable=not progress):
         if e == 0:
             acc[a].append(accuracy(model, x, y))
             continue
         kw = default_kwargs(a, e, norm, steps) | attack_kwargs
         acc[a].append(robust_accuracy(model, x, y, a, **kw))
-    return EpsSweep(eps=eps_values, accuracy=acc, norm=norm)
+    return EpsSweep(eps=eps_values, accuracy=acc, norm=norm, n=len(y))
 
 
 # -- gradient masking ----------------------------------------------------------------------------

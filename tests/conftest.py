@@ -1,9 +1,11 @@
-"""Shared test setup: the quick profile everywhere (the nbval kernels inherit the environment), the
+"""Shared test setup: the quick profile and text progress bars everywhere (the nbval kernels inherit
+the environment), the
 embedded MNIST subset and a small trained convnet shared by the attack and evaluation tests."""
 
 import os
 
 os.environ.setdefault("ROBUST_NB_PROFILE", "quick")
+os.environ.setdefault("ROBUST_NB_TEXT_PROGRESS", "1")   # nbval kernels: no widget front-end
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -330,11 +330,11 @@ class ClassicalTraining:
         return self.warmup_fraction(getattr(self.options, "eps_warmup_epochs", 0))
 
     def _run(self, loader: DeviceLoader, val_pair) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import progress
 
         steps = self.steps_per_epoch = len(loader)
         n_train = len(loader.labels)
-        epoch_bar = tqdm(total=self.epochs, initial=self.epoch, desc=type(self).__name__,
+        epoch_bar = progress(total=self.epochs, initial=self.epoch, desc=type(self).__name__,
                          unit="epoch", disable=self.quiet)
         try:
             while self.epoch < self.epochs and self.stop_reason is None:
@@ -345,7 +345,7 @@ class ClassicalTraining:
                 losses = torch.full((steps,), float("nan"), device=self.device)
                 correct = torch.zeros((), dtype=torch.long, device=self.device)
                 checked = 0
-                batch_bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", unit="batch",
+                batch_bar = progress(total=steps, desc=f"epoch {epoch + 1}", unit="batch",
                                  leave=False, disable=self.quiet)
                 self.model.train()
                 for i, (x, y) in enumerate(loader):

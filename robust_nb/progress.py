@@ -1,0 +1,42 @@
+"""Progress bars that survive headless runs.
+
+In a live notebook ``tqdm.auto`` draws an ipywidgets bar. A notebook executed without a
+front-end (``python -m robust_nb run``, nbclient, nbval) stores no widget state, so its saved copy
+shows every such bar as an empty "0%". :func:`progress` is ``tqdm.auto.tqdm`` unless
+``$ROBUST_NB_TEXT_PROGRESS`` is 1, and then the plain text ``tqdm`` (written to stderr, so it is
+kept in the cell's outputs), updated at most every few seconds so that the saved copy stays small.
+The command-line runner and the test suite set the variable for the kernels they start.
+
+>>> for _ in progress(range(3), desc="demo", disable=True):
+...     pass
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["ENV_TEXT_PROGRESS", "text_progress", "progress"]
+
+ENV_TEXT_PROGRESS = "ROBUST_NB_TEXT_PROGRESS"
+TEXT_MININTERVAL = 5.0       # seconds between two updates of a text bar (unless given)
+
+
+def text_progress() -> bool:
+    """True when ``$ROBUST_NB_TEXT_PROGRESS`` asks for text bars (1); False when unset or 0."""
+    value = os.environ.get(ENV_TEXT_PROGRESS, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"${ENV_TEXT_PROGRESS} must be 1 (text progress bars) or 0/unset "
+                         f"(widgets where a front-end can draw them), got {value!r}")
+    return value == "1"
+
+
+def progress(*args, **kwargs):
+    """A ``tqdm`` progress bar (same arguments): a widget in a live notebook, text when
+    :func:`text_progress` is True."""
+    if text_progress():
+        from tqdm.std import tqdm
+
+        kwargs.setdefault("mininterval", TEXT_MININTERVAL)
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(*args, **kwargs)
