@@ -7,11 +7,43 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .stats import Accuracy
+
 
 def to_numpy_image(img: Tensor) -> np.ndarray:
     """(C, H, W) tensor in [0, 1] -> (H, W) or (H, W, C) array for imshow."""
     img = img.detach().float().cpu().clamp(0, 1)
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+
+def wilson_errors(values, n) -> np.ndarray:
+    """Error bars of accuracies: the ``(2, len(values))`` array ``[value - low, high - value]`` of
+    their 95% Wilson intervals (``rnb.stats``), ready for ``yerr=``/``xerr=`` of ``errorbar``.
+
+    ``values``: accuracies as fractions, or :class:`robust_nb.stats.Accuracy` values (which carry
+    their own n). ``n``: the number of images each was measured on -- one int for all, or one per
+    value; needed unless every value is an ``Accuracy``. A value that is not a whole count out of
+    its n raises ``ValueError`` (an accuracy measured on other images than ``n`` says).
+
+    >>> wilson_errors([0.8], 10).round(4).tolist()
+    [[0.3098], [0.1433]]
+    """
+    values = list(values)
+    if n is None:
+        if not all(isinstance(v, Accuracy) for v in values):
+            raise ValueError("n (the number of images behind each accuracy) is needed for the "
+                             "95% error bars, e.g. n=len(y_test); or pass rnb.stats.Accuracy values")
+        ns = [v.n for v in values]
+    elif isinstance(n, (list, tuple, np.ndarray)):
+        if len(n) != len(values):
+            raise ValueError(f"n must be one number of images or one per value ({len(values)}), "
+                             f"got {len(n)}")
+        ns = list(n)
+    else:
+        ns = [n] * len(values)
+    accs = [v if isinstance(v, Accuracy) and (v.n == m or n is None) else Accuracy(float(v), m)
+            for v, m in zip(values, ns)]
+    return np.array([[a.value - a.low for a in accs], [a.high - a.value for a in accs]]).reshape(2, -1)
 
 
 def image_grid(images: Tensor, titles=None, ncols: int = 10, scale: float = 1.2, cmap="gray"):
@@ -113,16 +145,25 @@ def perturbation_rows(x, rows: dict, labels=None, amplify: float | None = None, 
 
 
 def tradeoff_curve(clean, robust, labels, ax=None, label_prefix: str = "β = ",
-                   xlabel: str = "clean accuracy", ylabel: str = "robust accuracy (PGD)"):
-    """Clean vs robust accuracy, one annotated point per model, joined in the given order
-    (notebook 06: TRADES' beta sweep). Returns the Figure."""
+                   xlabel: str = "clean accuracy", ylabel: str = "robust accuracy (PGD)", *, n=None):
+    """Clean vs robust accuracy, one annotated point per model with its 95% Wilson interval on
+    both axes, joined in the given order (notebook 06: TRADES' beta sweep). Returns the Figure.
+
+    ``n``: the number of test images behind the accuracies -- one int, or a pair
+    ``(n_clean, n_robust)``; not needed when ``clean`` and ``robust`` hold ``rnb.stats.Accuracy``
+    values.
+    """
     import matplotlib.pyplot as plt
 
     if not len(clean) == len(robust) == len(labels):
         raise ValueError("clean, robust and labels must have the same length")
+    n_clean, n_robust = n if isinstance(n, tuple) else (n, n)
+    xerr, yerr = wilson_errors(clean, n_clean), wilson_errors(robust, n_robust)
+    clean, robust = [float(c) for c in clean], [float(r) for r in robust]
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(clean, robust, "-o", color="tab:blue")
+    ax.errorbar(clean, robust, xerr=xerr, yerr=yerr, fmt="-o", color="tab:blue", ecolor="tab:blue",
+                elinewidth=1, capsize=3, label="95% intervals")
     for c, r, lab in zip(clean, robust, labels):
         ax.annotate(f"{label_prefix}{lab:g}" if isinstance(lab, (int, float)) else str(lab),
                     (c, r), textcoords="offset points", xytext=(6, 4), fontsize=9)
@@ -132,27 +173,40 @@ def tradeoff_curve(clean, robust, labels, ax=None, label_prefix: str = "β = ",
     return ax.figure
 
 
-def method_comparison(table, metrics=("clean", "pgd", "autoattack"), time_key: str = "s/epoch"):
-    """Grouped bars of accuracies per method, and time per epoch beside them (notebook 07).
+def method_comparison(table, metrics=("clean", "pgd, AA images", "autoattack"),
+                      time_key: str = "s/epoch", *, n=None):
+    """Grouped bars of accuracies per method, each with its 95% Wilson interval, and time per
+    epoch beside them (notebook 07).
 
     ``table``: a mapping method -> {metric: value} (or a pandas DataFrame indexed by method).
-    Returns the Figure.
+    ``n``: the number of images behind each metric -- one int, or a dict metric -> n (notebook
+    07: ``len(y_test)`` for clean, ``len(y_aa)`` for AutoAttack and PGD on the same images);
+    not needed when the values are ``rnb.stats.Accuracy``. Returns the Figure.
     """
     import matplotlib.pyplot as plt
 
     rows = table.to_dict("index") if hasattr(table, "to_dict") else dict(table)
     names = list(rows)
+    if isinstance(n, dict):
+        missing = [m for m in metrics if m not in n]
+        if missing:
+            raise ValueError(f"n has no number of images for {missing}; give one per metric "
+                             f"in {list(metrics)}")
     fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 1.2]})
     width = 0.8 / len(metrics)
     for i, m in enumerate(metrics):
         xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(names))]
-        ax.bar(xs, [rows[n][m] for n in names], width, label=m)
+        values = [rows[name][m] for name in names]
+        label = m if not isinstance(n, dict) else f"{m} (n={n[m]})"
+        ax.bar(xs, [float(v) for v in values], width, label=label,
+               yerr=wilson_errors(values, n[m] if isinstance(n, dict) else n),
+               error_kw=dict(elinewidth=1, capsize=2))
     ax.set_xticks(range(len(names)), names)
     ax.set(ylabel="accuracy", ylim=(0, 1.15), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0],
-           title="accuracy on the test subset")
-    ax.legend(ncols=len(metrics), fontsize=9, loc="upper center")
+           title="accuracy on the test subset (bars: 95% intervals)")
+    ax.legend(ncols=len(metrics), fontsize=8, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
-    ax_t.barh(names, [rows[n][time_key] for n in names], color="tab:gray")
+    ax_t.barh(names, [rows[name][time_key] for name in names], color="tab:gray")
     ax_t.invert_yaxis()
     ax_t.set(xlabel="seconds per training epoch", title="cost")
     fig.tight_layout()

@@ -53,7 +53,7 @@ def test_eps_sweep_table_and_plot(trained):
     table = sweep.table()
     assert "pgd" in table and len(table.splitlines()) == 5
     fig = sweep.plot()
-    assert len(fig.axes[0].lines) == 2
+    assert len(fig.axes[0].containers) == 2 and sweep.n == len(y)    # one errorbar line per attack
     with pytest.raises(ValueError, match="eps_values"):
         eps_sweep(model, x, y, [-0.1])
 
