@@ -470,3 +470,23 @@ def test_weight_ema_matches_torch_averaged_model():
     assert ours.n_averaged == 4
     with pytest.raises(ValueError, match="decay"):
         WeightEMA(model, 1.0)
+
+
+def test_train_method_announces_training_but_not_a_cache_hit(mnist, tmp_path, monkeypatch, capsys):
+    import robust_nb as rnb
+    from robust_nb.data import Dataset
+
+    monkeypatch.setenv("ROBUST_NB_CACHE", str(tmp_path))
+    cfg = rnb.setup("quick", verbose=False)
+    (x, y), (xt, yt) = mnist.train, mnist.test
+    tiny = Dataset("mnist-tiny", (x[:40], y[:40]), (xt[:20], yt[:20]), mnist.classes,
+                   mnist.mean, mnist.std, flip=False)
+    capsys.readouterr()
+    train_method(cfg, tiny, "classical", model_name="convnet", epochs=1, batch_size=16, quiet=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines                      # quiet: no bars, but the one line
+    assert lines[0].startswith("not in the cache: training the 'classical' recipe with epochs=1, "
+                               "batch_size=16 (ClassicalTraining) on convnet: 1 epoch(s) x 3 batches "
+                               "of 16 = 3 optimizer steps on 40 images")
+    train_method(cfg, tiny, "classical", model_name="convnet", epochs=1, batch_size=16, quiet=True)
+    assert capsys.readouterr().out == ""             # a cache hit trains nothing: nothing to say

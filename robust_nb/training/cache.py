@@ -79,7 +79,7 @@ def load_or_train(method_cls: type, build: Callable[[], nn.Module], train, val=N
                   options=None, cache_dir: str | Path | None = None, key_extra=None,
                   quiet: bool = False, profile: str | None = None,
                   make_callbacks: Callable[[nn.Module], list] | None = None,
-                  **trainer_kwargs) -> tuple[nn.Module, History]:
+                  announce: str | None = None, **trainer_kwargs) -> tuple[nn.Module, History]:
     """Return ``(model, history)`` from the cache, or train with ``method_cls`` and cache it.
 
     ``build()`` returns a fresh model (on the training device); ``options`` (the method's
@@ -90,7 +90,8 @@ def load_or_train(method_cls: type, build: Callable[[], nn.Module], train, val=N
     While training, a checkpoint is written after every epoch beside the entry
     (``<entry>.partial.pt``); a run that was interrupted (a kernel restart, a killed process)
     resumes from it with the same result as an uninterrupted run, and the file is removed once
-    the entry is written.
+    the entry is written. ``announce``, if given, is printed (even when ``quiet``) before a
+    model that is not in the cache is trained, so that minutes of work are never silent.
     """
     model = build()
     callbacks = list(trainer_kwargs.pop("callbacks", ()))
@@ -115,6 +116,8 @@ def load_or_train(method_cls: type, build: Callable[[], nn.Module], train, val=N
         return model.eval(), History.from_dict(json.loads(entry["history"]))
     partial = partial_path(path)
     trainer.checkpoint = partial
+    if announce:
+        print(announce, flush=True)
     if partial.exists() and not quiet:
         print(f"resuming {method_cls.__name__} from {partial}")
     history = trainer.fit(train, val, resume=True)

@@ -279,6 +279,8 @@ def train_method(cfg: Config, data: Dataset, method: str = "classical", *,
     ``overrides`` replace recipe options (and so change the cache key).
     ``regularization="dropblock"`` adds the linear DropBlock schedule of Ghiasi et al. 2018.
     An interrupted training resumes from its last finished epoch (see ``load_or_train``).
+    Before it trains a model that is not in the cache it prints one line (even when ``quiet``):
+    the recipe, the model, the epochs and the optimizer steps.
 
     >>> model, history = rnb.training.train_method(cfg, data, "classical")
     """
@@ -301,6 +303,13 @@ def train_method(cfg: Config, data: Dataset, method: str = "classical", *,
                   else (data.train, data.test))
     make_callbacks = (_dropblock_callbacks(options.epochs) if regularization == "dropblock"
                       else None)
+    n_train = len(train[1])
+    batches = -(-n_train // options.batch_size)          # per epoch: the loader keeps the last batch
+    changed = f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
+    announce = (f"not in the cache: training the {method!r} recipe{changed} ({r.trainer.__name__}) "
+                f"on {name}: {options.epochs} epoch(s) x {batches} batches of {options.batch_size} = "
+                f"{options.epochs * batches:,} optimizer steps on {n_train:,} images (this can take "
+                f"minutes; the model is cached for next time)")
     return load_or_train(r.trainer, build, train, val, options=options, quiet=quiet,
                          profile=cfg.profile, make_callbacks=make_callbacks,
-                         key_extra={"recipe": method})
+                         key_extra={"recipe": method}, announce=announce)
