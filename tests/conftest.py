@@ -1,6 +1,6 @@
 """Shared test setup: the quick profile and text progress bars everywhere (the nbval kernels inherit
-the environment), the
-embedded MNIST subset and a small trained convnet shared by the attack and evaluation tests."""
+the environment), the embedded MNIST subset and a small trained convnet shared by the attack and
+evaluation tests."""
 
 import os
 
