@@ -157,10 +157,9 @@ def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 
 def _tune_threads(device: torch.device) -> int:
-    # benchmarks/threads.py on an idle 2-vCPU machine: two threads ran the quick profile's
-    # training step 1.5-1.7x and PGD 1.8x faster than one. So use every CPU the process may use,
-    # but no more: torch's default counts the host's cores, which oversubscribes a container
-    # held to fewer CPUs by its affinity mask or cgroup quota.
+    # Every CPU the process may use, and no more (benchmarks/threads.py measures the choice):
+    # torch's default counts the host's cores, which oversubscribes a container held to fewer
+    # CPUs by its affinity mask or cgroup quota.
     if device.type == "cpu":
         torch.set_num_threads(min(_DEFAULT_THREADS, usable_cpus()))
     return torch.get_num_threads()
