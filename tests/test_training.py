@@ -490,3 +490,21 @@ def test_train_method_announces_training_but_not_a_cache_hit(mnist, tmp_path, mo
                                "of 16 = 3 optimizer steps on 40 images")
     train_method(cfg, tiny, "classical", model_name="convnet", epochs=1, batch_size=16, quiet=True)
     assert capsys.readouterr().out == ""             # a cache hit trains nothing: nothing to say
+
+
+@pytest.mark.parametrize("native, emulated, expected", [
+    (True, True, torch.bfloat16),      # a GPU with bf16 tensor cores
+    (False, True, torch.float16),      # bf16 only emulated (older GPUs): fp16 with a scaler
+    (False, False, torch.float16),
+])
+def test_automatic_amp_on_cuda_uses_bf16_only_where_it_is_native(monkeypatch, native, emulated,
+                                                                 expected):
+    def is_bf16_supported(including_emulation=True):
+        return native or (including_emulation and emulated)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cuda = torch.device("cuda")
+    assert ClassicalTraining._resolve_amp(None, cuda) == expected
+    assert ClassicalTraining._resolve_amp(True, cuda) == expected
+    assert ClassicalTraining._resolve_amp(False, cuda) is None
+    assert ClassicalTraining._resolve_amp("fp16", torch.device("cpu")) == torch.float16
