@@ -276,6 +276,8 @@ def test_bf16_autocast_trains_like_fp32(small):
     (dict(amp="fp8"), "unknown amp"),
     (dict(lr=float("nan")), "lr must be a finite positive"),
     (dict(batch_size=2.5), "batch_size must be a positive integer"),
+    (dict(epochs="3"), "epochs must be a positive integer"),
+    (dict(seed=None), "seed must be a non-negative integer"),
     (dict(milestones=(3,)), "milestones"),
     (dict(milestones=(1, 1)), "increasing"),
     (dict(momentum=1.0), "momentum"),

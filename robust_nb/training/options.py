@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,14 +33,20 @@ APGD_LOSSES = ("ce", "dlr")
 
 # -- checks: each takes (name, value) and returns the normalised value or raises ValueError ----
 
+def _is_whole(v) -> bool:
+    """An int, or a float with an integer value (not a bool, not NaN, not a string)."""
+    return (isinstance(v, numbers.Integral) and not isinstance(v, bool)) or \
+        (isinstance(v, float) and v.is_integer())
+
+
 def positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or int(v) != v or v < 1:
+    if not _is_whole(v) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return int(v)
 
 
 def non_negative_int(name: str, v) -> int:
-    if isinstance(v, bool) or int(v) != v or v < 0:
+    if not _is_whole(v) or v < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     return int(v)
 
