@@ -492,6 +492,8 @@ def test_train_method_announces_training_but_not_a_cache_hit(mnist, tmp_path, mo
                                "of 16 = 3 optimizer steps on 40 images")
     train_method(cfg, tiny, "classical", model_name="convnet", epochs=1, batch_size=16, quiet=True)
     assert capsys.readouterr().out == ""             # a cache hit trains nothing: nothing to say
+    train_method(cfg, tiny, "classical", epochs=1, batch_size=8, quiet=True)   # the profile model
+    assert f") on {cfg.model}: 1 epoch(s) x 5 batches" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("native, emulated, expected", [

@@ -289,7 +289,7 @@ def train_method(cfg: Config, data: Dataset, method: str = "classical", *,
     from .. import smoke
     if smoke.enabled():                  # overrides (epochs=...) stay tiny in a smoke run too
         options = smoke.shrink_options(options)
-    name = model_name or r.model
+    name = model_name or r.model or cfg.model
 
     def build() -> nn.Module:
         from .. import models
