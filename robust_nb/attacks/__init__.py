@@ -11,10 +11,18 @@ a ValueError that says what to fix.
 >>> spec = rnb.attacks.get_attack("apgd")                 # by name: the registry
 >>> x_adv = spec(model, x, y, **rnb.attacks.default_kwargs("apgd", 8 / 255, steps=100))
 
+Adaptive attacks on defenses (Athalye, Carlini & Wagner 2018): :func:`bpda` wraps a
+non-differentiable preprocessing (BPDA); ``eot_samples=k`` on fgsm / pgd / apgd averages each
+gradient over ``k`` passes of a randomized model (EOT); ``loss="cw"`` / ``loss="dlr"`` attack a
+saturated softmax. The flawed defenses they break are in :mod:`robust_nb.defenses`.
+
+>>> x_adv = rnb.attacks.pgd(noisy_model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, eot_samples=20)
+
 The building blocks (:mod:`.core`: :func:`attack_mode`, :func:`project`, :func:`lp_norm`, ...;
 :mod:`.objectives`: the per-sample losses) are public for code that writes its own attack loop.
 """
 
+from .adaptive import BPDA, bpda
 from .apgd import apgd
 from .autoattack import STAGES, AutoAttackResult, Stage, autoattack, run_autoattack
 from .core import (
@@ -23,8 +31,10 @@ from .core import (
     batched,
     batchnorm_as_affine,
     check_attack_inputs,
+    check_eot_samples,
     check_labels,
     check_model_inputs,
+    eot_logits,
     loss_and_grad,
     lp_norm,
     make_generator,
@@ -36,7 +46,17 @@ from .core import (
 from .divergence import fisher_rao, trades_kl
 from .fab import fab
 from .fgsm import fgsm
-from .objectives import ce_loss, ce_targeted_loss, dlr_loss, dlr_targeted_loss, margin
+from .objectives import (
+    LOSSES,
+    ce_loss,
+    ce_targeted_loss,
+    cw_loss,
+    cw_targeted_loss,
+    dlr_loss,
+    dlr_targeted_loss,
+    loss_fn,
+    margin,
+)
 from .pgd import pgd
 from .registry import ATTACKS, AttackSpec, default_kwargs, get_attack, madry_alpha
 from .square import square
@@ -47,12 +67,16 @@ __all__ = [
     # attacks
     "apgd", "autoattack", "fab", "fgsm", "fisher_rao", "pgd", "run_autoattack", "square",
     "trades_kl", "AutoAttackResult", "AUTOATTACK_ATTACKS", "STAGES", "Stage",
+    # adaptive attacks (BPDA; EOT is the eot_samples keyword)
+    "BPDA", "bpda",
     # registry
     "ATTACKS", "AttackSpec", "default_kwargs", "get_attack", "madry_alpha",
     # building blocks
     "NORMS", "attack_mode", "batched", "batchnorm_as_affine", "check_attack_inputs",
-    "check_labels", "check_model_inputs", "loss_and_grad", "lp_norm", "make_generator",
+    "check_eot_samples", "check_labels", "check_model_inputs", "eot_logits", "loss_and_grad",
+    "lp_norm", "make_generator",
     "normalize_direction", "per_sample", "project", "random_start",
     # per-sample losses
-    "ce_loss", "ce_targeted_loss", "dlr_loss", "dlr_targeted_loss", "margin",
+    "LOSSES", "ce_loss", "ce_targeted_loss", "cw_loss", "cw_targeted_loss", "dlr_loss",
+    "dlr_targeted_loss", "loss_fn", "margin",
 ]

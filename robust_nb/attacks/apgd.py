@@ -14,7 +14,7 @@ authors' code ``fra31/auto-attack`` (``autoattack/autopgd_base.py``):
   if (1) the loss increased in at most ``rho = 0.75`` of the steps since the last checkpoint, or
   (2) its step size was not halved at the last checkpoint and its best loss has not improved since;
 * losses: CE, DLR, and targeted DLR (targets: the 2nd ... (n+1)-th most likely classes of the clean
-  input, ``n_target_classes`` runs, as APGD-T);
+  input, ``n_target_classes`` runs, as APGD-T); here also the CW margin and its targeted form;
 * ``restarts`` runs (and each target) are applied only to points not yet misclassified.
 
 Deviations from the authors' code, all minor: condition (1) counts increases relative to the loss
@@ -24,13 +24,22 @@ of the clean input (both are inside the ball; robust accuracy is unaffected); th
 size bookkeeping uses ``torch.where`` instead of index assignment, so there is no host sync inside
 the iteration loop; random numbers come from a generator seeded with ``seed``.
 
+EOT (``eot_samples = k > 1``, for randomized models; Athalye et al. 2018, as in the reference's
+``eot_iter`` and AutoAttack's "rand" version): every gradient, every loss that drives the
+step-size halving and the best-point bookkeeping, and the logits that decide which samples are
+fooled (also the clean ones that rank APGD-T's targets) are means over ``k`` passes. The
+reference's ``eot_iter`` loop averages the gradient but keeps the last pass's loss and logits; here
+those are averaged too, so one lucky draw neither counts as a success nor steers the step size.
+
 Arguments: ``eps`` the radius in pixel space; ``norm`` "linf" or "l2"; ``steps`` (100);
-``loss`` "ce" or "dlr"; ``targeted`` (APGD-T; use ``loss="dlr"`` for the reference's targeted
-DLR) with ``n_target_classes`` (9) targets; ``restarts`` (1); ``seed``; ``batch_size`` (all at
-once by default); ``rho`` (0.75). Inputs: images in [0, 1], (N, C, H, W), in the model's dtype.
+``loss`` "ce", "cw" or "dlr"; ``targeted`` (APGD-T; use ``loss="dlr"`` for the reference's
+targeted DLR) with ``n_target_classes`` (9) targets; ``restarts`` (1); ``seed``; ``batch_size``
+(all at once by default); ``rho`` (0.75); ``eot_samples`` (1). Inputs: images in [0, 1],
+(N, C, H, W), in the model's dtype.
 
 >>> x_adv = apgd(model, x, y, eps=8 / 255)                                   # APGD-CE
 >>> x_adv = apgd(model, x, y, eps=8 / 255, loss="dlr", targeted=True)        # APGD-T, 9 targets
+>>> x_adv = apgd(noisy_model, x, y, eps=8 / 255, eot_samples=20)             # APGD-CE with EOT
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from .core import (
     batched,
     batchnorm_as_affine,
     check_attack_inputs,
+    check_eot_samples,
+    eot_logits,
     loss_and_grad,
     make_generator,
     normalize_direction,
@@ -65,13 +76,14 @@ def _sphere_start(x: Tensor, eps: float, norm: str, gen: torch.Generator) -> Ten
 
 
 def _apgd_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, steps: int, loss,
-              loss_args: tuple, rho: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+              loss_args: tuple, rho: float, gen: torch.Generator,
+              eot_samples: int = 1) -> tuple[Tensor, Tensor]:
     """One APGD run on a batch. Returns (x_out (B, C, H, W), fooled (B,) bool)."""
     k = max(int(0.22 * steps), 1)                         # first checkpoint
     k_min, k_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
 
     x_adv = _sphere_start(x, eps, norm, gen)
-    loss_i, logits, grad = loss_and_grad(model, x_adv, loss, *loss_args)
+    loss_i, logits, grad = loss_and_grad(model, x_adv, loss, *loss_args, eot_samples=eot_samples)
     fooled = logits.argmax(1) != y                        # (B,)
     x_fooled = x_adv.clone()                              # last misclassified iterate per sample
     x_best, loss_best, grad_best = x_adv.clone(), loss_i.clone(), grad.clone()
@@ -91,7 +103,8 @@ def _apgd_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, ste
             x_new = project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps, norm)
             x_prev, x_adv = x_adv, x_new
 
-        loss_i, logits, grad = loss_and_grad(model, x_adv, loss, *loss_args)
+        loss_i, logits, grad = loss_and_grad(model, x_adv, loss, *loss_args,
+                                             eot_samples=eot_samples)
         wrong = logits.argmax(1) != y
         x_fooled = torch.where(per_sample(wrong, x), x_adv, x_fooled)
         fooled = fooled | wrong
@@ -120,22 +133,23 @@ def _apgd_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, ste
 
 def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf", steps: int = 100,
          loss: str = "ce", targeted: bool = False, restarts: int = 1, seed: int = 0,
-         n_target_classes: int = 9, batch_size: int | None = None, *, rho: float = 0.75) -> Tensor:
+         n_target_classes: int = 9, batch_size: int | None = None, *, rho: float = 0.75,
+         eot_samples: int = 1) -> Tensor:
     """APGD-CE / APGD-DLR (untargeted) or APGD-T (``targeted=True``; use ``loss="dlr"`` for the
     reference's targeted DLR). Returns a new tensor on ``x``'s device."""
     check_attack_inputs(model, x, y, eps, norm)
     if steps < 1 or restarts < 1:
         raise ValueError(f"need steps >= 1 and restarts >= 1, got {steps}, {restarts}")
+    fn = loss_fn(loss, targeted)
+    check_eot_samples(eot_samples)
     if len(x) == 0:
         return x.detach().clone()
-    fn = loss_fn(loss, targeted)
     device = model_device(model)
     gen = make_generator(device, seed)
     x0, y = x.detach().to(device), y.to(device)
 
     def attack(xb: Tensor, yb: Tensor) -> Tensor:
-        with torch.no_grad():
-            clean_logits = model(xb).float()
+        clean_logits = eot_logits(model, xb, eot_samples)
         n_classes = clean_logits.shape[1]
         if targeted and not 1 <= n_target_classes <= n_classes - 1:
             raise ValueError(f"n_target_classes must be in [1, {n_classes - 1}], "
@@ -153,7 +167,7 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
                 if rank is not None:
                     args += (clean_logits[idx].argsort(dim=1)[:, -rank],)
                 x_run, fooled = _apgd_run(model, xb[idx], yb[idx], eps, norm, steps, fn, args,
-                                          rho, gen)
+                                          rho, gen, eot_samples)
                 out[idx] = x_run
                 robust[idx] = ~fooled
         return out

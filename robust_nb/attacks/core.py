@@ -8,6 +8,8 @@
   ``torch.autograd.grad`` with respect to the input only, so parameters' ``.grad`` are untouched.
 * :func:`batched` runs an attack on large inputs in chunks.
 * :func:`project` keeps a point inside the eps-ball and [0, 1]; :func:`lp_norm` measures it.
+* :func:`loss_and_grad` is the one gradient oracle of the gradient attacks (fgsm, pgd, apgd),
+  with EOT (``eot_samples``) for randomized models; :func:`eot_logits` the matching forward pass.
 
 Decisions every attack shares: an empty batch is returned as an empty copy; images must have the
 dtype the model computes in (float64 images for a float32 model raise a ValueError that says how
@@ -152,21 +154,67 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return gen
 
 
+def check_eot_samples(eot_samples: int) -> int:
+    """``eot_samples`` as an int; a ValueError unless it is a positive integer."""
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise ValueError(f"eot_samples must be a positive integer (1: no EOT), got {eot_samples!r}")
+    return eot_samples
+
+
 def loss_and_grad(model: nn.Module, x_adv: Tensor, loss: Callable[..., Tensor], *loss_args: Tensor,
-                  amp: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                  amp: bool = False, eot_samples: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample loss (B,), logits (B, K) and the gradient of the summed loss w.r.t. ``x_adv``.
 
     The gradient is taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter
     ``.grad`` is written. Summing (not averaging) makes each sample's gradient independent of the
     batch size. ``amp`` runs the forward pass under bf16 autocast on the input's device.
+
+    ``eot_samples = k > 1`` is Expectation over Transformation (Athalye, Engstrom, Ilyas & Kwok,
+    "Synthesizing robust adversarial examples", ICML 2018, https://arxiv.org/abs/1707.07397; used
+    against randomized defenses by Athalye, Carlini & Wagner 2018,
+    https://arxiv.org/abs/1802.00420): ``k`` forward/backward passes, each drawing the model's own
+    randomness anew, and the loss, logits and gradient returned are their means -- a Monte-Carlo
+    estimate of the gradient of the expected loss. The passes run one after another, so memory is
+    that of one pass. A model whose output does not depend on ``x_adv`` through autograd (its
+    preprocessing detaches the input) gets a zero gradient, which is what such a defense shows a
+    gradient attack.
+
+    >>> losses, logits, grad = loss_and_grad(model, x, ce_loss, y, eot_samples=10)
     """
+    check_eot_samples(eot_samples)
     x_adv = x_adv.detach().requires_grad_(True)
-    with torch.enable_grad(), torch.autocast(device_type=x_adv.device.type, dtype=torch.bfloat16,
-                                             enabled=amp):
-        logits = model(x_adv)
-        losses = loss(logits.float(), *loss_args)                  # (B,)
-    grad, = torch.autograd.grad(losses.sum(), x_adv)
-    return losses.detach(), logits.detach().float(), grad.detach()
+    loss_sum = logits_sum = grad_sum = None
+    for _ in range(eot_samples):
+        with torch.enable_grad(), torch.autocast(device_type=x_adv.device.type,
+                                                 dtype=torch.bfloat16, enabled=amp):
+            logits = model(x_adv).float()                          # (B, K)
+            losses = loss(logits, *loss_args)                      # (B,)
+        grad = None
+        if losses.requires_grad:
+            grad, = torch.autograd.grad(losses.sum(), x_adv, allow_unused=True)
+        if grad is None:                                           # the input was detached
+            grad = torch.zeros_like(x_adv)
+        if loss_sum is None:
+            loss_sum, logits_sum, grad_sum = losses.detach(), logits.detach(), grad.detach()
+        else:
+            loss_sum, logits_sum = loss_sum + losses.detach(), logits_sum + logits.detach()
+            grad_sum = grad_sum + grad.detach()
+    if eot_samples == 1:
+        return loss_sum, logits_sum, grad_sum
+    return loss_sum / eot_samples, logits_sum / eot_samples, grad_sum / eot_samples
+
+
+@torch.no_grad()
+def eot_logits(model: nn.Module, x: Tensor, eot_samples: int = 1, amp: bool = False) -> Tensor:
+    """Logits (B, K) of ``model`` on ``x``, averaged over ``eot_samples`` forward passes (no
+    gradients): the decisions an EOT attack takes (which restart is worst, which samples are
+    already fooled) on a randomized model."""
+    check_eot_samples(eot_samples)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        total = model(x).float()
+        for _ in range(eot_samples - 1):
+            total = total + model(x).float()
+    return total / eot_samples if eot_samples > 1 else total
 
 
 def per_sample(t: Tensor, like: Tensor) -> Tensor:

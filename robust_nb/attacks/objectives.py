@@ -1,8 +1,17 @@
-"""Per-sample objectives attacks ascend, on logits: cross-entropy, margin, DLR, targeted DLR.
+"""Per-sample objectives attacks ascend, on logits: cross-entropy, the Carlini-Wagner margin, DLR,
+and their targeted versions.
 
 Every function maps logits ``(B, K)`` (and labels ``(B,)``) to one value per sample ``(B,)``;
 attacks maximise the sum of these, so a larger value means "more adversarial" except for
 :func:`margin`, which is positive while the sample is still classified correctly.
+
+The CW loss is the margin objective of Carlini & Wagner, "Towards evaluating the robustness of
+neural networks", IEEE S&P 2017, https://arxiv.org/abs/1608.04644 (their f_6, on logits), without
+the confidence clamp ``max(., -kappa)``: the attack keeps ascending after the label flips (with
+kappa = 0 the clamp would stop it exactly at the boundary). Unlike cross-entropy it does not go
+through a softmax, so its gradient does not vanish when huge logits saturate the softmax (Carlini
+& Wagner 2016, "Defensive distillation is not robust to adversarial examples",
+https://arxiv.org/abs/1607.04311).
 
 DLR ("difference of logits ratio") is from Croce & Hein 2020, "Reliable evaluation of adversarial
 robustness with an ensemble of diverse parameter-free attacks", https://arxiv.org/abs/2003.01690,
@@ -29,6 +38,17 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
     return z_y - others.amax(dim=1)
 
 
+def cw_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Carlini-Wagner margin loss ``max_{i != y} z_i - z_y`` per sample, (B,): > 0 once fooled."""
+    return -margin(logits, y)
+
+
+def cw_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted CW loss ``z_t - max_{i != t} z_i``, (B,): > 0 once classified as ``target``
+    (``y`` is unused; same signature as DLR-T)."""
+    return margin(logits, target)
+
+
 def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
     """DLR loss, (B,): ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)`` (needs >= 3 classes)."""
     if logits.shape[1] < 3:
@@ -53,13 +73,19 @@ def ce_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
     return -F.cross_entropy(logits.float(), target, reduction="none")
 
 
-LOSSES = ("ce", "dlr")
+# name -> (untargeted loss(logits, y), targeted loss(logits, y, target))
+_LOSSES = {"ce": (ce_loss, ce_targeted_loss), "cw": (cw_loss, cw_targeted_loss),
+           "dlr": (dlr_loss, dlr_targeted_loss)}
+LOSSES = tuple(_LOSSES)
 
 
-def loss_fn(name: str, targeted: bool):
-    """The per-sample loss for ``name`` ("ce" | "dlr"); targeted ones take ``(logits, y, target)``."""
-    if name not in LOSSES:
+def loss_fn(name: str, targeted: bool = False):
+    """The per-sample loss for ``name`` ("ce" | "cw" | "dlr"); targeted ones take
+    ``(logits, y, target)``. A ValueError lists the known names for any other ``name``.
+
+    >>> loss_fn("cw", targeted=False) is cw_loss
+    True
+    """
+    if not isinstance(name, str) or name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
-    if targeted:
-        return ce_targeted_loss if name == "ce" else dlr_targeted_loss
-    return ce_loss if name == "ce" else dlr_loss
+    return _LOSSES[name][1 if targeted else 0]

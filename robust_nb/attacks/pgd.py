@@ -15,14 +15,19 @@ summed loss. With ``random_start=False`` and one restart the L-inf attack equals
 
 Arguments: ``eps`` the radius in pixel space; ``alpha`` the step; ``steps``; ``norm`` "linf" or
 "l2"; ``random_start`` (True: a uniform point of the L-inf ball, or of the L2 ball as above);
-``restarts`` (1); ``loss`` "ce" or "dlr" (Croce & Hein 2020); ``targeted`` with ``target``
-labels (then minimise CE to the target, or maximise the targeted DLR loss); ``seed``;
-``batch_size`` (all at once by default); ``amp`` bf16 autocast for the forward passes (the
-gradient's direction is what matters, so the precision loss is harmless). Inputs: images in
+``restarts`` (1); ``loss`` "ce", "cw" (the Carlini-Wagner margin ``max_{i != y} z_i - z_y``,
+Carlini & Wagner 2017) or "dlr" (Croce & Hein 2020) -- see :mod:`.objectives`; ``targeted``
+with ``target`` labels (then minimise CE to the target, or maximise the targeted CW / DLR loss);
+``seed``; ``batch_size`` (all at once by default); ``amp`` bf16 autocast for the forward passes
+(the gradient's direction is what matters, so the precision loss is harmless); ``eot_samples``
+(1): average each step's gradient over that many forward/backward passes of a randomized model
+(EOT, Athalye et al. 2018; also the worst-restart choice uses averaged logits). Inputs: images in
 [0, 1], (N, C, H, W), in the model's dtype.
 
 >>> x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
 >>> x_adv = pgd(model, x, y, eps=0.5, alpha=0.1, steps=20, norm="l2", restarts=5)
+>>> x_adv = pgd(noisy_model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, eot_samples=20)
+>>> x_adv = pgd(saturated_model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, loss="cw")
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from .core import (
     batched,
     batchnorm_as_affine,
     check_attack_inputs,
+    check_eot_samples,
+    eot_logits,
     loss_and_grad,
     make_generator,
     normalize_direction,
@@ -49,7 +56,7 @@ from .objectives import loss_fn
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
         norm: str = "linf", random_start: bool = True, restarts: int = 1, loss: str = "ce",
         targeted: bool = False, seed: int = 0, batch_size: int | None = None, *,
-        target: Tensor | None = None, amp: bool = False) -> Tensor:
+        target: Tensor | None = None, amp: bool = False, eot_samples: int = 1) -> Tensor:
     """PGD with ``steps`` steps of size ``alpha`` inside the ``norm`` ball of radius ``eps``.
 
     ``y`` are the true labels; for ``targeted=True`` pass ``target`` (the classes to reach).
@@ -61,9 +68,10 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
     if steps < 0 or restarts < 1 or alpha < 0:
         raise ValueError(f"need steps >= 0, restarts >= 1, alpha >= 0; "
                          f"got {steps}, {restarts}, {alpha}")
+    fn = loss_fn(loss, targeted)
+    check_eot_samples(eot_samples)
     if len(x) == 0:
         return x.detach().clone()
-    fn = loss_fn(loss, targeted)
     device = model_device(model)
     gen = make_generator(device, seed)
     x0, y = x.detach().to(device), y.to(device)
@@ -75,14 +83,13 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
         for _ in range(restarts):
             x_adv = _random_start(xb, eps, norm, gen) if random_start else xb
             for _ in range(steps):
-                _, _, grad = loss_and_grad(model, x_adv, fn, *args_of(yb, tb), amp=amp)
+                _, _, grad = loss_and_grad(model, x_adv, fn, *args_of(yb, tb), amp=amp,
+                                           eot_samples=eot_samples)
                 x_adv = project(x_adv + alpha * normalize_direction(grad, norm), xb, eps, norm)
             if restarts == 1:
                 return x_adv
             # Worst case over restarts: success first, then the higher loss (one extra forward).
-            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                                                 enabled=amp):
-                logits = model(x_adv).float()
+            logits = eot_logits(model, x_adv, eot_samples, amp)
             cur_loss = fn(logits, *args_of(yb, tb))
             hit = logits.argmax(1) == tb if targeted else logits.argmax(1) != yb
             if best_loss is None:

@@ -11,10 +11,14 @@ and nowhere else:
   and FIRE (and AutoAttack's gradient stages); Square gets ``50 * steps`` queries, AutoAttack's
   ratio (5,000 queries for 100 steps); FGSM ignores it. Pass ``steps=100`` for the paper's
   AutoAttack budget.
+* ``eot_samples`` (Expectation over Transformation, for randomized models) is accepted by the
+  gradient attacks whose spec has ``eot=True`` (fgsm, pgd, apgd); ``default_kwargs`` adds it when
+  asked for more than one sample and refuses it for the other attacks.
 
 >>> import robust_nb as rnb
 >>> kwargs = rnb.attacks.default_kwargs("pgd", eps=8 / 255, steps=10)
 >>> x_adv = rnb.attacks.get_attack("pgd")(model, x, y, **kwargs)
+>>> kwargs = rnb.attacks.default_kwargs("apgd", eps=8 / 255, steps=100, eot_samples=20)
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import Tensor
 
 from .apgd import apgd
 from .autoattack import autoattack
+from .core import check_eot_samples
 from .divergence import fisher_rao, trades_kl
 from .fab import fab
 from .fgsm import fgsm
@@ -61,6 +66,7 @@ class AttackSpec:
     norms: tuple[str, ...]
     defaults: Callable[[float, str, int], dict]   # (eps, norm, steps) -> keyword arguments
     summary: str
+    eot: bool = False                       # accepts eot_samples (EOT over a randomized model)
 
     def __call__(self, model, x: Tensor, y: Tensor | None, **kwargs) -> Tensor:
         return self.fn(model, x, y, **kwargs)
@@ -94,11 +100,11 @@ def _ascent_defaults(eps: float, norm: str, steps: int) -> dict:
 _BOTH = ("linf", "l2")
 _SPECS = (
     AttackSpec("fgsm", fgsm, ("linf",), _fgsm_defaults,
-               "one gradient-sign step (Goodfellow et al. 2015)"),
+               "one gradient-sign step (Goodfellow et al. 2015)", eot=True),
     AttackSpec("pgd", pgd, _BOTH, _pgd_defaults,
-               "projected gradient ascent (Madry et al. 2018)"),
+               "projected gradient ascent (Madry et al. 2018)", eot=True),
     AttackSpec("apgd", apgd, _BOTH, _steps_defaults,
-               "Auto-PGD, step size adapted per sample (Croce & Hein 2020)"),
+               "Auto-PGD, step size adapted per sample (Croce & Hein 2020)", eot=True),
     AttackSpec("fab", fab, _BOTH, _steps_defaults,
                "minimum-norm boundary attack, FAB-T by default (Croce & Hein 2020)"),
     AttackSpec("square", square, _BOTH, _square_defaults,
@@ -121,16 +127,27 @@ def get_attack(name: str) -> AttackSpec:
     return ATTACKS[name]
 
 
-def default_kwargs(name: str, eps: float, norm: str = "linf", steps: int = 10) -> dict:
+def default_kwargs(name: str, eps: float, norm: str = "linf", steps: int = 10, *,
+                   eot_samples: int = 1) -> dict:
     """Keyword arguments for attack ``name`` at radius ``eps`` in ``norm`` with a budget of
     ``steps`` (see the module docstring); a ValueError for a norm the attack does not support.
+    ``eot_samples > 1`` adds EOT's sample count (each step then costs that many passes); a
+    ValueError for an attack without EOT.
 
     >>> default_kwargs("pgd", 0.1, steps=5)
     {'eps': 0.1, 'alpha': 0.05, 'steps': 5, 'norm': 'linf'}
+    >>> default_kwargs("fgsm", 0.1, eot_samples=10)
+    {'eps': 0.1, 'eot_samples': 10}
     """
     spec = get_attack(name)
     if norm not in spec.norms:
         supported = " and ".join(_NORM_NAMES[n] for n in spec.norms)
         raise ValueError(f"{name} supports {supported} only ({spec.norms}), got norm={norm!r}")
     madry_alpha(eps, steps)                 # the same checks of eps and steps for every attack
-    return spec.defaults(eps, norm, steps)
+    kwargs = spec.defaults(eps, norm, steps)
+    if check_eot_samples(eot_samples) > 1:
+        if not spec.eot:
+            with_eot = tuple(n for n, s in ATTACKS.items() if s.eot)
+            raise ValueError(f"{name} has no EOT (eot_samples); the attacks with EOT are {with_eot}")
+        kwargs["eot_samples"] = eot_samples
+    return kwargs
