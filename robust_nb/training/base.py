@@ -9,8 +9,10 @@ loop. The hooks, in the order the loop calls them:
   returns adversarial examples here (model in train mode; it may switch to eval with
   ``rnb.attacks.attack_mode`` and must not touch parameter grads);
 * :meth:`ClassicalTraining.training_loss` ``(x, y) -> (loss, logits)``: default = perturb, then
-  mixup if ``mixup_alpha > 0``, then cross-entropy (with label smoothing / soft targets); runs
-  inside ``torch.autocast``; TRADES/FIRE override it whole;
+  mixup if ``mixup_alpha > 0``, then cross-entropy (with label smoothing / soft targets), or with
+  ``augmix=True`` the AugMix objective (:func:`robust_nb.augmix.augmix_loss`: clean + two AugMix
+  views, cross-entropy + Jensen-Shannon consistency); runs inside ``torch.autocast``; TRADES/FIRE
+  override it whole;
 * :meth:`ClassicalTraining.on_epoch_end` ``(epoch, record)``: after the epoch's evaluation; may
   set ``self.stop_reason`` to stop training, or restore weights;
 * :meth:`ClassicalTraining.config_dict`: the JSON-able hyperparameters (checkpoint config and the
@@ -172,6 +174,16 @@ class ClassicalTraining:
         self.ema = WeightEMA(model, self.ema_decay) if self.ema_decay > 0 else None
         self.mixup_generator = torch.Generator(device=self.device)
         self.mixup_generator.manual_seed(self.seed + 1)
+        # -- AugMix option (robust_nb.augmix): its own generator; only the default loss uses it
+        self.augmix_generator: torch.Generator | None = None
+        if self.augmix:
+            overridden = [name for name in ("perturb", "training_loss")
+                          if getattr(type(self), name) is not getattr(ClassicalTraining, name)]
+            if overridden:
+                raise ValueError(f"{type(self).__name__} defines its own {' and '.join(overridden)}; "
+                                 f"augmix=True is an option of ClassicalTraining's loss only")
+            self.augmix_generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+        # -- end AugMix
 
         self.epoch = 0           # epochs completed
         self.global_step = 0     # optimizer steps taken
@@ -242,6 +254,14 @@ class ClassicalTraining:
     def training_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(loss, logits)`` for one batch (runs inside ``torch.autocast``)."""
         x = self.perturb(x, y)
+        if self.augmix:                                                 # AugMix option
+            from ..augmix import augmix_loss
+
+            return augmix_loss(self.model, x, y, severity=self.augmix_severity,
+                               width=self.augmix_width, depth=self.augmix_depth,
+                               alpha=self.augmix_alpha, jsd_weight=self.augmix_jsd_weight,
+                               label_smoothing=self.label_smoothing,
+                               generator=self.augmix_generator)
         target = y
         if self.mixup_alpha > 0:
             from ..losses import mixup_batch
@@ -443,6 +463,8 @@ class ClassicalTraining:
         """Everything needed to continue training exactly (tensors and plain values only)."""
         rng = {"torch": torch.get_rng_state(), "mixup": self.mixup_generator.get_state(),
                "loader": loader.state_dict()["generator"] if loader is not None else None,
+               "augmix": (self.augmix_generator.get_state()                    # AugMix option
+                          if self.augmix_generator is not None else None),
                "cuda": (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
                         else None)}
         return {
@@ -487,6 +509,8 @@ class ClassicalTraining:
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         self.mixup_generator.set_state(rng["mixup"].cpu())
+        if self.augmix_generator is not None and rng.get("augmix") is not None:   # AugMix option
+            self.augmix_generator.set_state(rng["augmix"].cpu())
         if loader is not None and rng["loader"] is not None:
             loader.load_state_dict({"generator": rng["loader"].cpu()})
         if rng["cuda"] is not None and self.device.type == "cuda":

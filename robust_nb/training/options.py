@@ -107,6 +107,13 @@ def losses_tuple(name: str, v) -> tuple[str, ...]:
     return v
 
 
+def _augmix_severity(name: str, v) -> float:            # AugMix: the reference's levels 0.1 .. 10
+    v = positive(name, v)
+    if not 0.1 < v <= 10:
+        raise ValueError(f"{name} must lie in (0.1, 10], got {v!r}")
+    return v
+
+
 def opt(default=dataclasses.MISSING, *, check: Callable, doc: str):
     """A dataclass field with its check and its meaning."""
     return field(default=default, metadata={"check": check, "doc": doc})
@@ -160,6 +167,15 @@ class TrainOptions:
     mixup_alpha: float = opt(0.0, check=non_negative, doc="mixup Beta(alpha, alpha); 0 = off")
     seed: int = opt(0, check=non_negative_int, doc="shuffling, augmentation, mixup, dropout")
     eval_batch_size: int = opt(500, check=positive_int, doc="batch size of the evaluations")
+    # -- AugMix (Hendrycks et al. 2020; robust_nb.augmix), used by ClassicalTraining.training_loss
+    augmix: bool = opt(False, check=flag, doc="AugMix: train on clean + AugMix views (+ JSD)")
+    augmix_severity: float = opt(3.0, check=_augmix_severity, doc="AugMix operation strength, (0.1, 10]")
+    augmix_width: int = opt(3, check=positive_int, doc="AugMix chains mixed per image")
+    augmix_depth: int = opt(0, check=non_negative_int, doc="AugMix ops per chain (0: 1 to 3 at random)")
+    augmix_alpha: float = opt(1.0, check=positive, doc="AugMix Dirichlet / Beta concentration")
+    augmix_jsd_weight: float = opt(12.0, check=non_negative,
+                                   doc="lambda of the Jensen-Shannon consistency (0: one view, CE)")
+    # -- end AugMix
 
     def __post_init__(self):
         validate(self)
@@ -172,6 +188,9 @@ class TrainOptions:
         if self.milestones and self.milestones[-1] >= self.epochs:
             raise ValueError(f"milestones must be epochs below epochs={self.epochs}, "
                              f"got {self.milestones}")
+        if self.augmix and self.mixup_alpha > 0:                      # AugMix
+            raise ValueError("augmix and mixup_alpha > 0 do not combine (AugMix trains on clean "
+                             "images and their AugMix views); choose one")
 
     def replace(self, **changes) -> TrainOptions:
         """A copy with ``changes`` (checked like a new instance)."""
@@ -201,8 +220,11 @@ class TrainOptions:
 
     def to_dict(self) -> dict:
         """JSON-able values (tuples become lists): the checkpoint config and the cache key."""
+        # AugMix settings only when it is on, so that every other config (and cache key) stays
+        # what it was before AugMix existed.
         return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+                for k, v in dataclasses.asdict(self).items()
+                if self.augmix or not k.startswith("augmix")}
 
     def __str__(self) -> str:
         rows = [(f.name, getattr(self, f.name), f.metadata["doc"])
