@@ -15,8 +15,9 @@ from .config import Config, setup
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("attacks", "calibration", "config", "data", "defenses", "evaluation", "losses",
-               "models", "plots", "progress", "report", "stats", "training", "widgets")
+_SUBMODULES = ("attacks", "augmix", "calibration", "config", "corruptions", "data", "defenses",
+               "evaluation", "losses", "models", "plots", "progress", "report", "stats", "training",
+               "widgets")
 
 __all__ = ["Config", "setup", *_SUBMODULES]
 
