@@ -1,6 +1,7 @@
 """rnb.corruptions: the contract (shapes, [0, 1], seeds, errors), severities that grow, the formulas
 against PIL / skimage / the ``imagecorruptions`` package, and the corruption-error table."""
 
+import importlib
 import importlib.resources
 import importlib.util
 import io
@@ -232,8 +233,11 @@ def test_pixelate_and_jpeg_match_pil(kind, request):
 
 
 def test_gaussian_blur_matches_skimage(colour):
-    filters = pytest.importorskip("skimage.filters", reason="scikit-image (installed with the "
-                                  "test extra's imagecorruptions) is needed for this reference")
+    try:
+        from skimage import filters
+    except ImportError as err:
+        pytest.skip(f"scikit-image (installed with the test extra's imagecorruptions) cannot be "
+                    f"imported ({err}): the comparison with skimage.filters.gaussian did not run")
     arr = colour[:8].permute(0, 2, 3, 1).double().numpy()
     for s, sigma in enumerate(SEVERITIES["gaussian_blur"], start=1):
         ref = np.stack([np.clip(filters.gaussian(a, sigma=sigma, channel_axis=-1), 0, 1)
@@ -269,9 +273,10 @@ def ic():
         stub.resource_filename = lambda pkg, path: str(importlib.resources.files(pkg) / path)
         sys.modules["pkg_resources"] = stub
     try:
-        return pytest.importorskip("imagecorruptions.corruptions", reason="the imagecorruptions "
-                                   "package (test extra) is not installed or does not import: "
-                                   "the cross-check against it cannot run")
+        return importlib.import_module("imagecorruptions.corruptions")
+    except ImportError as err:   # not installed, or broken by its dependencies: say so, skip
+        pytest.skip(f"the imagecorruptions package (test extra) cannot be imported ({err}): the "
+                    f"cross-check against it did not run; pip install -e '.[test]'")
     finally:
         if stub is not None:
             sys.modules.pop("pkg_resources", None)
