@@ -1,5 +1,6 @@
-"""Small defenses that are known to be flawed: each looks robust to a plain attack and falls to the
-adaptive attack its docstring names. They are here to be broken (notebook 09), not deployed.
+"""Small defenses that are known to be flawed, here to be broken (notebook 09), not deployed: most
+look robust to a plain attack and fall to the adaptive attack their docstring names; two (the
+median filter, additive noise) do not even look robust, which is a lesson too.
 
 Every defense wraps a trained model: an ``nn.Module`` in, an ``nn.Module`` out, images in [0, 1]
 of shape (N, C, H, W), logits out. A wrapper starts in its model's train/eval mode and changes no
@@ -7,17 +8,17 @@ module's mode; the attacks' :func:`robust_nb.attacks.attack_mode` handles the re
 transformations are :class:`Defended` models, ``model(preprocess(x))``, whose ``.bpda()`` is the
 same defense seen through BPDA (the forward pass unchanged).
 
-=========================  ==============================  ========================================
-defense                     why plain PGD fails              the adaptive attack
-=========================  ==============================  ========================================
-:func:`discretize`          round(): zero gradient           BPDA (``defended.bpda()``)
-:func:`median_filter`       sparse, shattered gradient       BPDA
-:func:`jpeg`                rounding of DCT coefficients     BPDA
-:func:`random_resize_pad`   a random gradient per pass       EOT (``eot_samples=...``)
-:func:`additive_noise`      a random gradient per pass       EOT
-:func:`scale_logits`        saturated softmax: CE grad = 0   ``loss="cw"`` or ``loss="dlr"``
-:func:`ensemble`            its members' flaws, combined     its members' attacks (``.bpda()``)
-=========================  ==============================  ========================================
+=====================  ==============================  ========================================
+defense                why plain PGD fails             the adaptive attack
+=====================  ==============================  ========================================
+``discretize``         round(): zero gradient          BPDA (``defended.bpda()``)
+``median_filter``      it does not: no masking         plain PGD; BPDA if not written in torch
+``jpeg``               rounding of DCT coefficients    BPDA
+``random_resize_pad``  a random gradient per pass      EOT (``eot_samples=...``)
+``additive_noise``     a random gradient per pass      EOT (plain PGD nearly suffices)
+``scale_logits``       saturated softmax: CE grad = 0  ``loss="cw"`` or ``loss="dlr"``
+``ensemble``           its members' flaws, combined    its members' attacks (``.bpda()``)
+=====================  ==============================  ========================================
 
 The randomized defenses draw from their own generator, seeded at construction (``seed``) and
 re-seeded by ``.reset()``, so the same seed on the same device gives the same numbers.
@@ -116,10 +117,14 @@ class MedianFilter(nn.Module):
     """Replace every pixel by the median of its ``size`` x ``size`` neighbourhood, per channel.
 
     Median smoothing (Xu, Evans & Qi, "Feature squeezing", NDSS 2018,
-    https://arxiv.org/abs/1704.01155). Its gradient exists but reaches only the one pixel that is
-    each window's median, and flips from pixel to pixel as the perturbation reorders a window: a
-    "shattered" gradient (Athalye, Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420, Sec.
-    3.1). BPDA with the identity breaks it (the filter keeps images close to themselves).
+    https://arxiv.org/abs/1704.01155). Its flaw is not gradient masking but that it buys nothing:
+    written in torch, the median is a selection like max-pooling, its gradient (to the one pixel
+    that is each window's median) is exact almost everywhere, and plain PGD breaks the filtered
+    model about as well as the bare one (tests/test_defenses.py: 11.5% vs 5.5% at eps 0.2 on
+    MNIST) while clean accuracy drops. Implemented outside autograd (scipy, as in the paper), the
+    same filter shows a gradient attack nothing; BPDA with the identity (``.bpda()``) then breaks
+    it (Athalye, Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420, Sec. 4.1), though on
+    this differentiable version it is weaker than the exact gradient.
 
     Deviations: odd sizes only (the paper also uses 2 x 2, whose median needs a tie rule), and
     borders are mirrored without repeating the edge pixel (``F.pad(mode="reflect")``; scipy's
@@ -301,9 +306,11 @@ class AdditiveNoise(_Randomized):
     Noise injection at test time, the input layer of Liu, Cheng, Zhang & Hsieh, "Towards robust
     neural networks via random self-ensemble", ECCV 2018 (https://arxiv.org/abs/1712.00673) --
     here without their noisy training and ensembling of predictions. Each gradient is that of one
-    noise draw; EOT (``eot_samples``) estimates the gradient of the expected loss and breaks it
-    (Athalye, Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420, Sec. 4.2; Athalye et al.
-    2018, https://arxiv.org/abs/1707.07397).
+    noise draw; EOT (``eot_samples``) estimates the gradient of the expected loss (Athalye,
+    Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420, Sec. 4.2; Athalye et al. 2018,
+    https://arxiv.org/abs/1707.07397). On a model not trained with noise, noise small enough to
+    keep clean accuracy hardly hides anything: ten PGD steps, one draw each, are already a crude
+    EOT, and EOT-10 gains only a few points more (tests/test_defenses.py).
     """
 
     def __init__(self, sigma: float = 0.2, seed: int = 0):
