@@ -192,8 +192,10 @@ class JPEG(nn.Module):
     Guo et al.'s JPEG defense).
 
     Deviations from a real codec: no chroma subsampling (4:4:4), no entropy coding (lossless,
-    so irrelevant), images padded to multiples of 8 by repeating the edge (as libjpeg does) and
-    cropped back. One-channel images are coded as luminance only; three channels as YCbCr.
+    so irrelevant), floating-point DCT (libjpeg's default is an integer DCT: a few pixels differ
+    by a level or two), images padded to multiples of 8 by repeating the edge (as libjpeg does)
+    and cropped back. One-channel images are coded as luminance only; three channels as 8-bit
+    YCbCr (JFIF's conversion), rounded to 8 bits again before the conversion back.
     """
 
     def __init__(self, quality: int = 50):
@@ -211,9 +213,9 @@ class JPEG(nn.Module):
         dct, ycbcr = self.dct.to(x.dtype), self.ycbcr.to(x.dtype)
         tables = self.tables.to(x.dtype)[[0] if c == 1 else [0, 1, 1]]      # (C, 8, 8)
         img = x * 255
-        if c == 3:
-            img = torch.einsum("ij,njhw->nihw", ycbcr, img)
-            img = img + torch.tensor([0.0, 128.0, 128.0], dtype=x.dtype, device=x.device)[:, None, None]
+        if c == 3:                                   # the encoder's 8-bit YCbCr
+            offset = torch.tensor([0.0, 128.0, 128.0], dtype=x.dtype, device=x.device)[:, None, None]
+            img = torch.round(torch.einsum("ij,njhw->nihw", ycbcr, img) + offset).clamp(0, 255)
         img = F.pad(img - 128, (0, -w % 8, 0, -h % 8), mode="replicate")  # level shift, pad
         hp, wp = img.shape[-2:]
         blocks = img.view(n, c, hp // 8, 8, wp // 8, 8).transpose(3, 4)      # (N, C, H/8, W/8, 8, 8)
@@ -222,8 +224,8 @@ class JPEG(nn.Module):
         coef = torch.round(coef / q) * q                                      # the lossy step
         blocks = dct.T @ coef @ dct
         img = blocks.transpose(3, 4).reshape(n, c, hp, wp)[..., :h, :w] + 128
-        if c == 3:
-            img = img - torch.tensor([0.0, 128.0, 128.0], dtype=x.dtype, device=x.device)[:, None, None]
+        if c == 3:                                   # the decoder's 8-bit YCbCr, then RGB
+            img = torch.round(img).clamp(0, 255) - offset
             img = torch.einsum("ij,njhw->nihw", torch.linalg.inv(ycbcr), img)
         return torch.round(img.clamp(0, 255)) / 255                          # 8-bit decoded pixels
 

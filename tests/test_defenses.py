@@ -91,25 +91,39 @@ def test_discretize_and_median_values():
         assert torch.equal(D.MedianFilter(size)(img), torch.from_numpy(ref))
 
 
-@pytest.mark.parametrize("quality", [90, 50, 25])
-def test_jpeg_agrees_with_pil(quality, trained):
-    """Our tensor JPEG against libjpeg (through PIL) on MNIST digits: libjpeg's integer DCT rounds
-    differently, so a few pixels differ by a level or two, but on average the two differ by a
-    small fraction of what compression itself changes."""
-    Image = pytest.importorskip("PIL.Image")
-    _, x, _ = trained
-    pixels = (x[:32, 0] * 255).round().to(torch.uint8).numpy()
-    decoded = []
+def _pil_jpeg(pixels: np.ndarray, quality: int) -> torch.Tensor:
+    """libjpeg through PIL: uint8 images (N, H, W) or (N, H, W, 3) -> decoded floats, same shape;
+    colour without chroma subsampling (4:4:4), like ours."""
+    from PIL import Image
+
+    out = []
     for img in pixels:
         buf = io.BytesIO()
-        Image.fromarray(img, mode="L").save(buf, format="jpeg", quality=quality)
-        decoded.append(np.asarray(Image.open(buf), dtype=np.float32))
-    pil = torch.from_numpy(np.stack(decoded))
-    ours = D.JPEG(quality)(torch.from_numpy(pixels).float()[:, None] / 255)[:, 0] * 255
-    assert torch.equal(ours, ours.round())                          # 8-bit output
-    diff, change = (ours - pil).abs(), (pil - torch.from_numpy(pixels).float()).abs()
-    assert diff.mean() < 0.2 * change.mean() and diff.mean() < 0.25
-    assert (diff <= 1.01).float().mean() > 0.95
+        Image.fromarray(img).save(buf, format="jpeg", quality=quality, subsampling=0)
+        out.append(np.asarray(Image.open(buf), dtype=np.float32))
+    return torch.from_numpy(np.stack(out))
+
+
+@pytest.mark.parametrize("quality", [90, 50, 25])
+def test_jpeg_agrees_with_pil(quality, trained):
+    """Our tensor JPEG against libjpeg (through PIL) on MNIST digits and on smooth colour images:
+    libjpeg's integer DCT and fixed-point colour conversion round differently, so some pixels
+    differ by a level or two, but on average the two differ by a small fraction of what
+    compression itself changes."""
+    pytest.importorskip("PIL.Image")
+    _, x, _ = trained
+    smooth = F.interpolate(torch.rand(8, 3, 6, 6, generator=torch.Generator().manual_seed(0)),
+                           size=(32, 32), mode="bilinear", align_corners=False)
+    for images in (x[:32], smooth):
+        pixels = (images * 255).round()                                        # (N, C, H, W)
+        as_uint8 = pixels.to(torch.uint8).permute(0, 2, 3, 1).squeeze(-1).numpy()
+        pil = _pil_jpeg(as_uint8, quality)
+        pil = pil[:, None] if pil.dim() == 3 else pil.permute(0, 3, 1, 2)
+        ours = D.JPEG(quality)(pixels / 255) * 255
+        assert torch.equal(ours, ours.round())                                # 8-bit output
+        diff, change = (ours - pil).abs(), (pil - pixels).abs()
+        assert diff.mean() < 0.2 * change.mean() and diff.mean() < 0.4
+        assert (diff <= 1.01).float().mean() > 0.9
 
 
 def test_jpeg_quantization_tables_and_colour():
@@ -117,8 +131,8 @@ def test_jpeg_quantization_tables_and_colour():
     assert t[0, 0, 0] == 16 and t[1, 0, 0] == 17 and t[0, 7, 7] == 99      # quality 50: Annex K
     assert (D.quantization_tables(100) == 1).all()
     x = torch.rand(2, 3, 13, 20)
-    out = D.JPEG(100)(x)                                  # only 8-bit rounding and tiny DCT error
-    assert out.shape == x.shape and (out - x).abs().max() < 3 / 255
+    out = D.JPEG(100)(x)                  # quantization steps of 1: only a few levels of rounding
+    assert out.shape == x.shape and (out - x).abs().max() < 5 / 255
     assert (D.JPEG(10)(x) - x).abs().mean() > 0.05
 
 
