@@ -87,9 +87,15 @@ _PROFILES: dict[str, dict] = {
         # reached 96.7-97.3% for about 1.2x the time per epoch.
         model="convnet", convnet_filters=8, convnet_batchnorm=True, resnet="resnet18", width=0.25,
         drop_prob=0.1, block_size=3, shift_pixels=3, ema_decay=0.95,
-        eps_linf=0.1, alpha_linf=0.025, eps_l2=1.0, alpha_l2=0.25,
-        attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=200,
-        trades_betas=(0.0, 1.0, 6.0, 20.0), trades_sweep_epochs=1, n_autoattack=50,
+        # The standard MNIST threat model (Madry et al. 2018, TRADES): eps 0.3, PGD step 2.5 eps / 10.
+        # At eps 0.1 (measured, 6 epochs) every robust method scored 91-93% under PGD, within the
+        # noise of each other; at 0.3 the same recipes spread from 37% (FGSM-RS) to 75% (PGD-AT)
+        # under PGD on all 1,000 test images while classical training falls to 0%.
+        eps_linf=0.3, alpha_linf=0.075, eps_l2=1.0, alpha_l2=0.25,
+        # Evaluations attack every test image with PGD (about 2 s per model); AutoAttack (whose
+        # targeted stages cost several PGD-AT epochs per 1,000 robust images) a fixed subset.
+        attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=1000,
+        trades_betas=(0.0, 1.0, 6.0), trades_sweep_epochs=6, n_autoattack=200,
         calibration_bins=15,
     ),
     "full": dict(
