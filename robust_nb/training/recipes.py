@@ -38,7 +38,7 @@ from .history import History
 from .options import TrainOptions
 from .trades import TradesTraining
 
-METHODS = ("classical", "mixup", "pgd", "fgsm", "autoattack", "trades", "fire")
+METHODS = ("classical", "mixup", "augmix", "pgd", "fgsm", "autoattack", "trades", "fire")
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,10 @@ def _quick(cfg: Config) -> dict[str, Recipe]:
         "mixup": Recipe("mixup", ClassicalTraining,
                         ClassicalTraining.Options(**base, mixup_alpha=1.0),
                         _QUICK_SOURCE + "; mixup alpha 1 as Zhang et al. 2018 on CIFAR-10"),
+        "augmix": Recipe("augmix", ClassicalTraining,
+                         ClassicalTraining.Options(**base, augmix=True),
+                         _QUICK_SOURCE + "; AugMix with the Jensen-Shannon loss (weight 12) and "
+                         "the reference's width 3, depth 1-3, severity 3 (Hendrycks et al. 2020)"),
         "pgd": Recipe("pgd", AdversarialTraining,
                       AdversarialTraining.Options(**monitored, alpha=cfg.alpha_linf,
                                                   steps=_QUICK_STEPS), _QUICK_SOURCE),
@@ -178,6 +182,19 @@ def _full(cfg: Config) -> dict[str, Recipe]:
             ("one Beta draw per batch, mixing with a shuffled copy of the batch, as the "
              "reference; the soft-target cross-entropy equals its mixed criterion", _AMP,
              _SEEDED)),
+        "augmix": Recipe(
+            "augmix", ClassicalTraining,
+            TrainOptions(**_CIFAR_AUG, **seed, epochs=100, lr=0.1, batch_size=128, momentum=0.9,
+                         nesterov=True, weight_decay=5e-4, schedule="cosine", augmix=True),
+            "Hendrycks, Mu, Cubuk, Zoph, Gilmer & Lakshminarayanan, 'AugMix: A Simple Data "
+            "Processing Method to Improve Robustness and Uncertainty', ICLR 2020, "
+            "https://arxiv.org/abs/1912.02781 (google-research/augmix, cifar.py: WRN-40-2, 100 "
+            "epochs, SGD lr 0.1 Nesterov momentum 0.9, wd 5e-4, batch 128, cosine decay per step, "
+            "width 3, depth 1-3, severity 3, Jensen-Shannon weight 12)",
+            ("the cosine decays to 0, the reference's to an lr of 1e-6",
+             "AugMix operations run batched on the device on [0, 1] tensors (robust_nb.augmix "
+             "says where they round differently from the reference's PIL operations)",
+             _AMP, _SEEDED), model="wrn_40_2"),
         "pgd": Recipe(
             "pgd", AdversarialTraining,
             PGDOptions(**_RICE, **seed, alpha=2 / 255, steps=10),
