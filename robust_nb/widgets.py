@@ -85,8 +85,13 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
 
     def rescale(change):
         # An L2 ball needs a much larger radius than an L-inf ball for a visible effect.
+        # max, step and value must reach the browser in ONE message: sent one by one, the
+        # browser re-snaps its old value to the new max/step and sends it back, overwriting the
+        # new value (eps stayed at the L-inf budget after switching to l2). hold_sync batches
+        # the three into one update; hold_trait_notifications validates them together (value
+        # may exceed the old max until max has changed) and runs `redraw` once they are set.
         top = eps_max if change["new"] == "linf" else eps_max_l2
-        with eps.hold_trait_notifications():
+        with eps.hold_sync(), eps.hold_trait_notifications():
             eps.max, eps.step, eps.value = top, top / 60, top / 3
 
     norm.observe(rescale, names="value")
