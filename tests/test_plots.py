@@ -98,3 +98,22 @@ def test_eps_sweep_plot_has_wilson_bars():
     spans = sorted(_vertical_spans(container.lines[2][0]))
     np.testing.assert_allclose([s[1:] for s in spans], [WILSON_3_4, WILSON_1_4], atol=1e-4)
     plt.close(fig)
+
+
+def test_history_plot_names_the_trainers_loss_and_bars_validation_accuracy():
+    from robust_nb.training import History, TradesTraining
+
+    records = [dict(epoch=e, loss=1.0 / (e + 1), acc=0.5, val_loss=0.5, val_acc=v, lr=0.1, time=1.0)
+               for e, v in enumerate((0.5, 0.8))]
+    history = History.from_dict(History(records, loss_name=TradesTraining.loss_name).to_dict())
+    assert history.loss_name == TradesTraining.loss_name != "cross-entropy"
+    fig = history.plot(n_val=10)
+    loss_labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert f"train: {TradesTraining.loss_name}" in loss_labels
+    assert "validation: cross-entropy" in loss_labels
+    bars = [c for c in fig.axes[1].collections if c.get_segments()]
+    spans = sorted(_vertical_spans(bars[0]))
+    assert np.allclose([spans[1][1], spans[1][2]], WILSON_8_10, atol=1e-4)    # 8 of 10 at epoch 2
+    with pytest.raises(ValueError, match="not a count"):
+        history.plot(n_val=7)                         # 0.8 of 7 images is no whole count
+    plt.close("all")

@@ -52,10 +52,13 @@ class History:
         return cls(records=[dict(r) for r in d["records"]], stopped=d.get("stopped"),
                    loss_name=d.get("loss_name", "cross-entropy"))
 
-    def plot(self, title: str | None = None, axes=None):
+    def plot(self, title: str | None = None, axes=None, n_val: int | None = None):
         """Learning curves: loss and accuracy (train and validation) per epoch, and the lr.
 
-        Returns the matplotlib figure.
+        The training loss is labelled with ``loss_name`` (the trainer's objective, e.g. TRADES'
+        "CE + beta KL"); the validation loss is the clean cross-entropy. With ``n_val`` (the
+        number of validation images) the validation accuracies get their 95% Wilson intervals
+        as error bars. Returns the matplotlib figure.
         """
         import matplotlib.pyplot as plt
 
@@ -67,19 +70,25 @@ class History:
             fig = axes[0].figure
         epochs = [r["epoch"] + 1 for r in self.records]
 
-        def curve(ax, key, label, **kw):
+        def curve(ax, key, label, n=None, **kw):
             ys = [r.get(key) for r in self.records]
             pts = [(e, y) for e, y in zip(epochs, ys) if y is not None and math.isfinite(y)]
-            if pts:
+            if pts and n is not None:                  # accuracies on n images: 95% intervals
+                from ..plots import wilson_errors
+
+                xs, vs = zip(*pts)
+                ax.errorbar(xs, vs, yerr=wilson_errors(vs, n), marker="o", ms=3, capsize=2,
+                            label=f"{label} (95% CI, n={n})", **kw)
+            elif pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=label, **kw)
 
         curve(axes[0], "loss", f"train: {self.loss_name}")
         curve(axes[0], "val_loss", "validation: cross-entropy")
         axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
-        curve(axes[1], "acc", "train")
-        curve(axes[1], "val_acc", "validation")
+        curve(axes[1], "acc", "train (running, on the batches trained on)")
+        curve(axes[1], "val_acc", "validation", n=n_val)
         if "val_acc_raw" in self.records[0]:
-            curve(axes[1], "val_acc_raw", "validation (raw weights)", ls="--")
+            curve(axes[1], "val_acc_raw", "validation (raw weights)", n=n_val, ls="--")
         axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
         curve(axes[2], "lr", "lr", color="gray")
         axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
