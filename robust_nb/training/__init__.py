@@ -18,7 +18,7 @@ from .options import (
                       TradesOptions,
                       TrainOptions,
 )
-from .recipes import METHODS, Recipe, recipe, train_method
+from .recipes import METHODS, Recipe, pending, recipe, train_method
 from .schedules import SCHEDULES, lr_factor
 from .trades import TradesTraining
 
@@ -27,6 +27,6 @@ __all__ = [
     "AutoAttackTraining", "TradesTraining", "FireTraining",
     "TrainOptions", "AdversarialOptions", "PGDOptions", "FastOptions", "AutoAttackOptions",
     "TradesOptions", "FireOptions",
-    "METHODS", "Recipe", "recipe", "train_method", "load_or_train",
+    "METHODS", "Recipe", "pending", "recipe", "train_method", "load_or_train",
     "History", "TrainingDiverged", "CheckpointError", "SCHEDULES", "lr_factor",
 ]

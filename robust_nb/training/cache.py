@@ -93,15 +93,10 @@ def load_or_train(method_cls: type, build: Callable[[], nn.Module], train, val=N
     the entry is written. ``announce``, if given, is printed (even when ``quiet``) before a
     model that is not in the cache is trained, so that minutes of work are never silent.
     """
-    model = build()
-    callbacks = list(trainer_kwargs.pop("callbacks", ()))
-    if make_callbacks is not None:
-        callbacks += list(make_callbacks(model))
-    trainer = method_cls(model, options, quiet=quiet, callbacks=callbacks, **trainer_kwargs)
-    key = cache_key(model, method_cls.__name__, trainer.config_dict(), train, val,
-                    profile=profile, key_extra=key_extra)
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / \
-        f"{method_cls.__name__}-{type(model).__name__}-{key[:16]}.pt"
+    model, trainer, key, path = _entry(method_cls, build, train, val, options=options,
+                                       cache_dir=cache_dir, key_extra=key_extra, quiet=quiet,
+                                       profile=profile, make_callbacks=make_callbacks,
+                                       **trainer_kwargs)
     if path.exists():
         entry = safe_load(path, CACHE_FORMAT, map_location=trainer.device)
         if entry.get("key") != key:
@@ -129,6 +124,30 @@ def load_or_train(method_cls: type, build: Callable[[], nn.Module], train, val=N
     if final is not model:            # EMA: return the model built by build() with EMA weights
         model.load_state_dict(final.state_dict())
     return model.eval(), history
+
+
+def _entry(method_cls: type, build: Callable[[], nn.Module], train, val=None, *, options=None,
+           cache_dir=None, key_extra=None, quiet: bool = False, profile: str | None = None,
+           make_callbacks=None, **trainer_kwargs):
+    """The model, its trainer, the cache key and the entry's path (nothing is trained)."""
+    model = build()
+    callbacks = list(trainer_kwargs.pop("callbacks", ()))
+    if make_callbacks is not None:
+        callbacks += list(make_callbacks(model))
+    trainer = method_cls(model, options, quiet=quiet, callbacks=callbacks, **trainer_kwargs)
+    key = cache_key(model, method_cls.__name__, trainer.config_dict(), train, val,
+                    profile=profile, key_extra=key_extra)
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / \
+        f"{method_cls.__name__}-{type(model).__name__}-{key[:16]}.pt"
+    return model, trainer, key, path
+
+
+def cached_entry(method_cls: type, build: Callable[[], nn.Module], train, val=None,
+                 **kwargs) -> tuple[Path, bool]:
+    """Where :func:`load_or_train` with these arguments keeps its model, and whether the file
+    exists already (builds the model and its trainer, trains nothing)."""
+    _, _, _, path = _entry(method_cls, build, train, val, **kwargs)
+    return path, path.exists()
 
 
 def partial_path(entry: Path) -> Path:

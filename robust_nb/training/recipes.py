@@ -302,36 +302,118 @@ def train_method(cfg: Config, data: Dataset, method: str = "classical", *,
     ``regularization="dropblock"`` adds the linear DropBlock schedule of Ghiasi et al. 2018.
     An interrupted training resumes from its last finished epoch (see ``load_or_train``).
     Before it trains a model that is not in the cache it prints one line (even when ``quiet``):
-    the recipe, the model, the epochs and the optimizer steps.
+    the recipe, the model, the epochs and the optimizer steps. :func:`pending` says the same
+    for several models at once, before any of them trains.
 
     >>> model, history = rnb.training.train_method(cfg, data, "classical")
     """
-    r = recipe(cfg, method)
-    options = r.options.replace(**overrides) if overrides else r.options
-    from .. import smoke
-    if smoke.enabled():                  # overrides (epochs=...) stay tiny in a smoke run too
-        options = smoke.shrink_options(options)
-    name = model_name or r.model or cfg.model
+    job = _Job(cfg, data, method, model_name, regularization, overrides)
+    return load_or_train(*job.args, **job.kwargs, quiet=quiet, announce=job.announce())
 
-    def build() -> nn.Module:
-        from .. import models
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed)
-            model = models.for_config(cfg, data, name=name, regularization=regularization)
-        return model.to(cfg.device)
+class _Job:
+    """Everything :func:`train_method` hands to ``load_or_train`` for one call."""
 
-    train, val = (holdout_split(data, r.holdout, options.seed) if r.holdout
-                  else (data.train, data.test))
-    make_callbacks = (_dropblock_callbacks(options.epochs) if regularization == "dropblock"
-                      else None)
-    n_train = len(train[1])
-    batches = -(-n_train // options.batch_size)          # per epoch: the loader keeps the last batch
-    changed = f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
-    announce = (f"not in the cache: training the {method!r} recipe{changed} ({r.trainer.__name__}) "
-                f"on {name}: {options.epochs} epoch(s) x {batches} batches of {options.batch_size} = "
-                f"{options.epochs * batches:,} optimizer steps on {n_train:,} images (this can take "
-                f"minutes; the model is cached for next time)")
-    return load_or_train(r.trainer, build, train, val, options=options, quiet=quiet,
-                         profile=cfg.profile, make_callbacks=make_callbacks,
-                         key_extra={"recipe": method}, announce=announce)
+    def __init__(self, cfg: Config, data: Dataset, method: str, model_name: str | None,
+                 regularization: str | None, overrides: dict):
+        r = recipe(cfg, method)
+        options = r.options.replace(**overrides) if overrides else r.options
+        from .. import smoke
+        if smoke.enabled():              # overrides (epochs=...) stay tiny in a smoke run too
+            options = smoke.shrink_options(options)
+        self.method, self.recipe, self.options, self.overrides = method, r, options, overrides
+        self.name = model_name or r.model or cfg.model
+
+        def build() -> nn.Module:
+            from .. import models
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(options.seed)
+                model = models.for_config(cfg, data, name=self.name, regularization=regularization)
+            return model.to(cfg.device)
+
+        train, val = (holdout_split(data, r.holdout, options.seed) if r.holdout
+                      else (data.train, data.test))
+        make_callbacks = (_dropblock_callbacks(options.epochs) if regularization == "dropblock"
+                          else None)
+        self.build, self.train = build, train
+        self.n_train = len(train[1])
+        self.steps = options.epochs * -(-self.n_train // options.batch_size)   # last batch kept
+        self.args = (r.trainer, build, train, val)
+        self.kwargs = dict(options=options, profile=cfg.profile, make_callbacks=make_callbacks,
+                           key_extra={"recipe": method})
+
+    def label(self) -> str:
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.overrides.items())
+        return f"{self.method!r}" + (f" with {changed}" if changed else "")
+
+    def announce(self) -> str:
+        o = self.options
+        return (f"not in the cache: training the {self.label()} recipe ({self.recipe.trainer.__name__}) "
+                f"on {self.name}: {o.epochs} epoch(s) x {self.steps // o.epochs} batches of "
+                f"{o.batch_size} = {self.steps:,} optimizer steps on {self.n_train:,} images (this "
+                f"can take minutes; the model is cached for next time)")
+
+    def passes_per_step(self) -> int:
+        """Forward-backward passes of a batch per optimizer step (the attack's steps included)."""
+        o = self.options
+        passes = 1 + getattr(o, "steps", 0)
+        if isinstance(o, FastAdversarialTraining.Options):
+            passes += 1                                     # the FGSM step
+        if isinstance(o, TradesTraining.Options) and o.beta > 0:
+            passes += 1                                     # clean and adversarial halves
+        if getattr(o, "augmix", False):
+            passes += 2                                     # two AugMix views
+        return passes
+
+
+def _seconds_per_pass(job: _Job) -> float:
+    """One forward-backward pass of a training batch through ``job``'s model, timed (best of 4)."""
+    import time
+
+    model = job.build().train()
+    x = job.train[0][: job.options.batch_size].to(next(model.parameters()).device)
+    y = job.train[1][: len(x)].to(x.device)
+    best = float("inf")
+    for _ in range(4):                                      # the first is a warm-up
+        start = time.perf_counter()
+        nn.functional.cross_entropy(model(x), y).backward()
+        model.zero_grad(set_to_none=True)
+        float(x[0, 0, 0, 0])                                # wait for the device
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def pending(cfg: Config, data: Dataset, jobs, *, verbose: bool = True) -> list[str]:
+    """Which of ``jobs`` :func:`train_method` would train (not in the cache), and a rough time.
+
+    ``jobs`` are method names or ``(method, overrides)`` pairs (``overrides`` a dict of
+    :func:`train_method`'s keyword arguments). Prints one line that says how many models will
+    be trained and about how long it will take on this machine (estimated from one timed
+    training batch per model, times the optimizer steps and the attack's passes per step; the
+    real time is usually somewhat longer), and returns the labels of the missing models.
+
+    >>> rnb.training.pending(cfg, data, ["classical", "pgd", ("trades", {"beta": 1.0})])
+    """
+    jobs, missing, seconds = list(jobs), [], 0.0
+    for job in jobs:
+        method, kw = (job, {}) if isinstance(job, str) else job
+        kw = dict(kw)
+        j = _Job(cfg, data, method, kw.pop("model_name", None), kw.pop("regularization", None),
+                 kw)
+        from .cache import cached_entry
+        if not cached_entry(*j.args, **j.kwargs, quiet=True)[1]:
+            missing.append(j.label())
+            seconds += j.steps * j.passes_per_step() * _seconds_per_pass(j)
+    if verbose:
+        if missing:
+            print(f"{len(missing)} of {len(jobs)} models are not in the cache and will be trained "
+                  f"below: {', '.join(missing)}; roughly {_duration(seconds)} on this machine "
+                  f"(estimated from one timed batch each); they are cached for next time")
+        else:
+            print(f"every model needed here ({len(jobs)}) is in the cache: nothing to train")
+    return missing
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
