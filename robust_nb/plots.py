@@ -66,8 +66,9 @@ def reliability_diagrams(diagrams, scale: float = 3.2):
     """Reliability diagrams side by side (Guo et al. 2017, Fig. 1), one column per model.
 
     ``diagrams``: a ``rnb.calibration.ReliabilityData`` or a dict ``{title: ReliabilityData}``.
-    Top row: accuracy per confidence bin (blue bars), the gap to the bin's mean confidence (red,
-    hatched) and the diagonal of perfect calibration, with the ECE in the corner; a diamond at 1.0
+    Top row: accuracy per confidence bin (blue bars, with the 95% Wilson interval of the bin's
+    accuracy), the gap to the bin's mean confidence (red, hatched) and the diagonal of perfect
+    calibration, with the ECE in the corner; a diamond at 1.0
     marks the confidences that are exactly 1 (their own bin in the ECE). Bottom row: histogram
     of the top-label confidence, with the accuracy and the mean confidence as vertical lines.
     """
@@ -88,9 +89,15 @@ def reliability_diagrams(diagrams, scale: float = 3.2):
         top.bar(left[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled],
                 align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", hatch="//",
                 linewidth=0.6, label="gap to confidence")
+        if filled.any():                    # each bin's accuracy with its 95% Wilson interval
+            counts = [int(c) for c in d.counts[:k].numpy()[filled]]
+            top.errorbar(left[filled] + width[filled] / 2, acc[filled], fmt="none", ecolor="black",
+                         yerr=wilson_errors(acc[filled], counts), capsize=2, linewidth=0.8,
+                         label="95% CI per bin")
         if d.counts[k] > 0:
-            top.plot([1.0], [d.accuracy[k].item()], "D", color="tab:purple", markersize=6,
-                     label=f"conf = 1 ({int(d.counts[k])})", clip_on=False)
+            top.errorbar([1.0], [d.accuracy[k].item()], fmt="D", color="tab:purple", markersize=6,
+                         yerr=wilson_errors([d.accuracy[k].item()], int(d.counts[k])), capsize=2,
+                         label=f"conf = 1 ({int(d.counts[k])})", clip_on=False)
         top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
         top.text(0.04, 0.93, f"ECE = {d.ece:.3f}", transform=top.transAxes, va="top",
                  bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))

@@ -117,3 +117,21 @@ def test_history_plot_names_the_trainers_loss_and_bars_validation_accuracy():
     with pytest.raises(ValueError, match="not a count"):
         history.plot(n_val=7)                         # 0.8 of 7 images is no whole count
     plt.close("all")
+
+
+def test_reliability_diagram_bins_carry_wilson_intervals():
+    import torch
+
+    from robust_nb.calibration import reliability_diagram
+    from robust_nb.plots import reliability_diagrams
+
+    # 10 samples at confidence 0.85 (8 correct) and 4 at 0.25 (1 correct), three classes
+    top = torch.tensor([0.85] * 10 + [0.35] * 4)
+    probs = torch.stack([top, (1 - top) / 2, (1 - top) / 2], 1)
+    labels = torch.tensor([0] * 8 + [1] * 2 + [0] + [1] * 3)
+    fig = reliability_diagrams(reliability_diagram(probs, labels, n_bins=10))
+    bars = [c for c in fig.axes[0].collections if c.get_segments()]
+    spans = sorted(_vertical_spans(bars[0]))
+    assert np.allclose([spans[0][1], spans[0][2]], WILSON_1_4, atol=1e-4)
+    assert np.allclose([spans[1][1], spans[1][2]], WILSON_8_10, atol=1e-4)
+    plt.close("all")
