@@ -7,6 +7,10 @@ shows every such bar as an empty "0%". :func:`progress` is ``tqdm.auto.tqdm`` un
 kept in the cell's outputs), updated at most every few seconds so that the saved copy stays small.
 The command-line runner and the test suite set the variable for the kernels they start.
 
+:func:`notify` tells a learner about something the course handled for them (the FGSM guard
+rolling back a catastrophic overfit): a ``RuntimeWarning`` in scripts and tests, a short
+highlighted note in a notebook instead of a pink stderr block with a temporary file's path.
+
 >>> for _ in progress(range(3), desc="demo", disable=True):
 ...     pass
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ENV_TEXT_PROGRESS", "text_progress", "progress"]
+__all__ = ["ENV_TEXT_PROGRESS", "text_progress", "progress", "notify", "in_notebook"]
 
 ENV_TEXT_PROGRESS = "ROBUST_NB_TEXT_PROGRESS"
 TEXT_MININTERVAL = 5.0       # seconds between two updates of a text bar (unless given)
@@ -40,3 +44,38 @@ def progress(*args, **kwargs):
     else:
         from tqdm.auto import tqdm
     return tqdm(*args, **kwargs)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where ``display`` reaches a notebook), else False."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def notify(message: str, category: type[Warning] = RuntimeWarning, stacklevel: int = 2) -> None:
+    """Tell the learner ``message``: in a notebook kernel as a highlighted note (HTML, with the
+    plain text as fallback, so saved and headless copies read the same), elsewhere as a warning
+    of ``category`` (``stacklevel`` as for :func:`warnings.warn`, counted from the caller)."""
+    if not in_notebook():
+        import warnings
+
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
+        return
+    import html
+
+    from IPython.display import display
+
+    class _Note:                                  # text/plain and text/html of the same note
+        def __repr__(self):
+            return f"Note ({category.__name__}): {message}"
+
+        def _repr_html_(self):
+            return ('<div style="border-left: 4px solid #e0a800; background: #fff8e1; '
+                    f'padding: 6px 10px; margin: 4px 0"><b>Note</b> ({category.__name__}): '
+                    f"{html.escape(message)}</div>")
+
+    display(_Note())

@@ -42,3 +42,25 @@ def test_the_runner_gives_its_kernels_text_bars(tmp_path, monkeypatch):
     assert all(o.output_type == "stream" for o in outputs)    # no widget (display_data) output
     text = "".join(o.text for o in outputs)
     assert "tqdm.std" in text and "work: 100%" in text and "3/3" in text
+
+
+def test_notify_warns_outside_a_notebook():
+    from robust_nb.progress import in_notebook, notify
+
+    assert not in_notebook()
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        notify("the guard rolled back to epoch 3")
+
+
+def test_notify_is_a_note_not_stderr_in_a_kernel(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_TEXT_PROGRESS, raising=False)
+    source = ("from robust_nb.progress import notify\n"
+              "notify('the guard rolled back <to> epoch 3')")
+    path = tmp_path / "98_note.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell(source)]), path)
+    executed, _ = execute_notebook(path, tmp_path / "out")
+    outputs = executed.cells[0].outputs
+    assert not any(o.output_type == "stream" and o.name == "stderr" for o in outputs)
+    (note,) = [o for o in outputs if o.output_type == "display_data"]
+    assert "rolled back &lt;to&gt; epoch 3" in note.data["text/html"]
+    assert note.data["text/plain"] == "Note (RuntimeWarning): the guard rolled back <to> epoch 3"
