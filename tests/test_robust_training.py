@@ -215,6 +215,9 @@ def test_guard_fires_on_a_run_set_up_to_collapse_and_rolls_back(mnist, small, cl
     with pytest.warns(RuntimeWarning, match="catastrophic overfitting"):
         history = trainer.fit(strided((x_train, y_train), 640))
     acc = history["guard_pgd_acc"]
+    fgsm_acc = history["guard_fgsm_acc"]             # the training attack, on the same batch
+    assert len(fgsm_acc) == len(acc) and all(0 <= a <= 1 for a in fgsm_acc)
+    assert all(f >= p for f, p in zip(fgsm_acc[:2], acc[:2])), (fgsm_acc, acc)   # one step < five
     assert len(history.records) == 3, "training must stop after the collapsed epoch"
     assert acc[2] < acc[1] - 0.2
     assert history.records[2]["rolled_back_to"] == 1
@@ -231,7 +234,8 @@ def test_guard_can_be_disabled(mnist, small, classical):
     trainer = FastAdversarialTraining(model, epochs=2, eps=EPS, guard=False, **COMMON,
                                       callbacks=[Collapse(model, 1)])
     history = trainer.fit(strided((x_train, y_train), 256))
-    assert history.stopped is None and "guard_pgd_acc" not in history.records[-1]
+    assert history.stopped is None
+    assert "guard_pgd_acc" not in history.records[-1] and "guard_fgsm_acc" not in history.records[-1]
 
 
 def test_guard_state_survives_a_checkpoint(mnist, small, classical, tmp_path):

@@ -32,7 +32,7 @@ import warnings
 
 from torch import Tensor, nn
 
-from .. import attacks
+from .. import attacks, evaluation
 from .adversarial import AdversarialMethod
 from .options import FastOptions
 
@@ -53,7 +53,8 @@ class FastAdversarialTraining(AdversarialMethod):
         schedule: default ``"onecycle"`` (the cyclic learning rate); ``bn_mode`` default "train".
 
     Each record of the History gains ``guard_pgd_acc`` (PGD accuracy on that epoch's first
-    training batch); when the guard fires, the record of the collapsed epoch also gets
+    training batch) and ``guard_fgsm_acc`` (accuracy on the training FGSM step, same batch);
+    when the guard fires, the record of the collapsed epoch also gets
     ``rolled_back_to`` (the epoch whose weights were restored), ``History.stopped`` says what
     happened, and a ``RuntimeWarning`` is issued.
 
@@ -85,6 +86,15 @@ class FastAdversarialTraining(AdversarialMethod):
         with self.crafting_model() as model:
             return self.pgd_accuracy(model, x, y, steps=self.guard_steps)
 
+    def fgsm_accuracy(self, x: Tensor, y: Tensor) -> float:
+        """Accuracy on the training attack itself (the FGSM step at the full eps, from a random
+        start when the method uses one), same BatchNorm mode: beside :meth:`guard_accuracy` it
+        shows catastrophic overfitting's signature, FGSM accuracy far above PGD accuracy."""
+        with self.crafting_model() as model:
+            return evaluation.robust_accuracy(
+                model, x, y, "fgsm", eps=self.eps, alpha=self.alpha,
+                random_start=self.random_start, seed=self.seed + 11)
+
     def _snapshot(self) -> dict:
         return {"model": copy.deepcopy(self.model.state_dict()),
                 "ema": copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None}
@@ -94,6 +104,7 @@ class FastAdversarialTraining(AdversarialMethod):
         if not self.guard or self._guard_batch is None:
             return
         acc = self.guard_accuracy(*self._guard_batch)
+        record["guard_fgsm_acc"] = self.fgsm_accuracy(*self._guard_batch)
         self._guard_batch = None
         record["guard_pgd_acc"] = acc
         if self._guard_prev is not None and acc - self._guard_prev < -self.guard_drop:

@@ -311,6 +311,12 @@ def train_method(cfg: Config, data: Dataset, method: str = "classical", *,
     return load_or_train(*job.args, **job.kwargs, quiet=quiet, announce=job.announce())
 
 
+# Part of every cache key of train_method: raise it when what a training records in its History
+# changes (2: the FGSM guard's guard_fgsm_acc), so that cached models are retrained, not served
+# with Histories that lack what the notebooks now read.
+_RECORDS_VERSION = 2
+
+
 class _Job:
     """Everything :func:`train_method` hands to ``load_or_train`` for one call."""
 
@@ -341,7 +347,7 @@ class _Job:
         self.steps = options.epochs * -(-self.n_train // options.batch_size)   # last batch kept
         self.args = (r.trainer, build, train, val)
         self.kwargs = dict(options=options, profile=cfg.profile, make_callbacks=make_callbacks,
-                           key_extra={"recipe": method})
+                           key_extra={"recipe": method, "records": _RECORDS_VERSION})
 
     def label(self) -> str:
         changed = ", ".join(f"{k}={v!r}" for k, v in self.overrides.items())
