@@ -4,7 +4,8 @@ In a live notebook ``tqdm.auto`` draws an ipywidgets bar. A notebook executed wi
 front-end (``python -m robust_nb run``, nbclient, nbval) stores no widget state, so its saved copy
 shows every such bar as an empty "0%". :func:`progress` is ``tqdm.auto.tqdm`` unless
 ``$ROBUST_NB_TEXT_PROGRESS`` is 1, and then the plain text ``tqdm`` (written to stderr, so it is
-kept in the cell's outputs), updated at most every few seconds so that the saved copy stays small.
+kept in the cell's outputs), updated at most every few seconds so that the saved copy stays small,
+and without the inner bars that vanish when done (``leave=False``), which a saved copy cannot erase.
 The command-line runner and the test suite set the variable for the kernels they start.
 
 :func:`notify` tells a learner about something the course handled for them (the FGSM guard
@@ -41,6 +42,11 @@ def progress(*args, **kwargs):
         from tqdm.std import tqdm
 
         kwargs.setdefault("mininterval", TEXT_MININTERVAL)
+        if kwargs.get("leave") is False:
+            # An inner bar that does not stay (the batches of one epoch) redraws above the outer
+            # one with cursor-up escapes, which a saved notebook shows as "[A" clutter and stale
+            # half-way lines; in text the outer bar's postfix already says how training goes.
+            kwargs["disable"] = True
     else:
         from tqdm.auto import tqdm
     return tqdm(*args, **kwargs)

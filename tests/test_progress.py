@@ -18,6 +18,8 @@ def test_the_variable_picks_text_bars(monkeypatch):
     bar = progress(total=3, file=io.StringIO())
     assert type(bar) is tqdm.std.tqdm and bar.mininterval == TEXT_MININTERVAL
     assert progress(total=3, file=io.StringIO(), mininterval=0.5).mininterval == 0.5
+    assert progress(total=3, file=io.StringIO(), leave=False).disable      # inner bars: none in text
+    assert not progress(total=3, file=io.StringIO(), leave=True).disable
     monkeypatch.setenv(ENV_TEXT_PROGRESS, "0")
     assert not text_progress()
     assert type(progress(total=3, disable=True)) is tqdm.auto.tqdm     # widgets where possible
