@@ -18,7 +18,8 @@ all to PGD (PGD accuracy falls to ~0 while FGSM accuracy rises). The reference c
 training batch of that epoch with PGD (5 steps of size eps/4, one random start) and measure the
 accuracy; if it fell by more than ``guard_drop`` (0.2) since the previous epoch, stop training
 and restore the weights of the previous epoch, the last one before the collapse. This class also
-restores the EMA weights, warns, and sets ``History.stopped`` to a sentence that says so.
+restores the EMA weights, tells the learner (``rnb.progress.notify``: a highlighted note in a
+notebook, a ``RuntimeWarning`` elsewhere), and sets ``History.stopped`` to a sentence that says so.
 
 Defaults that follow the reference rather than :class:`AdversarialTraining`: ``bn_mode="train"``
 (the reference model stays in training mode while crafting and while the guard measures).
@@ -28,11 +29,10 @@ L-inf only, like the paper.
 from __future__ import annotations
 
 import copy
-import warnings
 
 from torch import Tensor, nn
 
-from .. import attacks, evaluation
+from .. import attacks, evaluation, progress
 from .adversarial import AdversarialMethod
 from .options import FastOptions
 
@@ -116,7 +116,7 @@ class FastAdversarialTraining(AdversarialMethod):
                 f"catastrophic overfitting caught at epoch {epoch + 1}: PGD accuracy on a training "
                 f"batch fell from {self._guard_prev:.0%} to {acc:.0%}; training stopped and the "
                 f"weights of epoch {self._best_epoch + 1} (the last before the collapse) restored")
-            warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=4)   # at the fit() call
+            progress.notify(self.stop_reason, RuntimeWarning, stacklevel=4)   # at the fit() call
             return
         self._guard_prev, self._best_epoch = acc, epoch
         self._best_state = self._snapshot()
