@@ -31,7 +31,9 @@ The corruptions (names as in the reference code) and their five CIFAR-10-C sever
 * ``contrast`` (x - mean) * c + mean with the per-channel image mean: c 0.75, 0.5, 0.4, 0.3, 0.15.
 * ``brightness`` V + c in HSV: 0.05, 0.1, 0.15, 0.2, 0.3 (on a grey image: x + c, what HSV gives).
 * ``saturate`` S * a + b in HSV: (0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2); colour
-  images only (a ValueError on one channel). A held-out validation corruption of the paper.
+  images only (a ValueError on one channel; :data:`COLOUR_ONLY` lists it, so
+  ``[c for c in CORRUPTIONS if c not in COLOUR_ONLY]`` are the ones for grey images). A held-out
+  validation corruption of the paper.
 * ``elastic_transform`` a random affine map (corners moved by up to ``affine`` px), then a smooth
   random displacement field (uniform noise blurred by a Gaussian of ``sigma``, times ``alpha``).
   (alpha, sigma, affine) are fractions of the image side: (0, 0, 0.08), (0.05, 0.2, 0.07),
@@ -88,7 +90,7 @@ from torch import Tensor, nn
 from .data import check_images
 from .modes import model_device, model_mode
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "evaluate_corruptions", "CorruptionReport",
+__all__ = ["CORRUPTIONS", "COLOUR_ONLY", "SEVERITIES", "corrupt", "evaluate_corruptions", "CorruptionReport",
            "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "gaussian_blur",
            "contrast", "brightness", "saturate", "elastic_transform", "pixelate", "jpeg_compression"]
 
@@ -108,6 +110,8 @@ SEVERITIES: dict[str, tuple] = {
     "jpeg_compression": (80, 65, 58, 50, 40),                              # quality
 }
 CORRUPTIONS: tuple[str, ...] = tuple(SEVERITIES)
+# Corruptions that need colour (3-channel) images: a grey image has no saturation to change.
+COLOUR_ONLY: tuple[str, ...] = ("saturate",)
 RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "elastic_transform")
 
 

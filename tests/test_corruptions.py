@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from robust_nb.corruptions import (
+    COLOUR_ONLY,
     CORRUPTIONS,
     SEVERITIES,
     CorruptionReport,
@@ -129,6 +130,16 @@ def test_clear_errors(grey, colour):
         corrupt(grey, "saturate", 1)
     with pytest.raises(ValueError, match="colour"):
         saturate(grey, 2.0)
+
+
+def test_colour_only_lists_exactly_the_corruptions_grey_images_reject(grey):
+    rejected = []
+    for name in CORRUPTIONS:
+        try:
+            corrupt(grey[:2], name, 1)
+        except ValueError:
+            rejected.append(name)
+    assert tuple(rejected) == COLOUR_ONLY == ("saturate",)
 
 
 # -- severities -------------------------------------------------------------------------------
