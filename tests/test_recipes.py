@@ -131,7 +131,7 @@ def test_pending_names_what_train_method_would_train(quick, monkeypatch, tmp_pat
     monkeypatch.setenv("ROBUST_NB_CACHE", str(tmp_path))
     data = rnb.data.load_dataset("mnist-5k")
     small = ("classical", {"epochs": 1, "batch_size": 500})
-    jobs = [small, ("trades", {"epochs": 2, "beta": 0.0, "batch_size": 500})]
+    jobs = [small, ("trades", {"epochs": 2, "beta": 0.0, "batch_size": 500}), small]   # one twice
     assert rnb.training.pending(quick, data, jobs) == [
         "'classical' with epochs=1, batch_size=500", "'trades' with epochs=2, beta=0.0, batch_size=500"]
     assert "2 of 2 models are not in the cache" in capsys.readouterr().out
@@ -139,7 +139,7 @@ def test_pending_names_what_train_method_would_train(quick, monkeypatch, tmp_pat
     rnb.training.train_method(quick, data, "classical", quiet=True, **small[1])
     assert rnb.training.pending(quick, data, jobs, verbose=False) == [
         "'trades' with epochs=2, beta=0.0, batch_size=500"]
-    assert rnb.training.pending(quick, data, [small]) == []
+    assert rnb.training.pending(quick, data, [small, small]) == []
     assert "every model needed here (1) is in the cache" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown training method"):
         rnb.training.pending(quick, data, ["adversarial"])

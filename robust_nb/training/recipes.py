@@ -401,23 +401,25 @@ def pending(cfg: Config, data: Dataset, jobs, *, verbose: bool = True) -> list[s
 
     >>> rnb.training.pending(cfg, data, ["classical", "pgd", ("trades", {"beta": 1.0})])
     """
-    jobs, missing, seconds = list(jobs), [], 0.0
+    jobs, missing, seconds, seen = list(jobs), [], 0.0, set()
     for job in jobs:
         method, kw = (job, {}) if isinstance(job, str) else job
         kw = dict(kw)
         j = _Job(cfg, data, method, kw.pop("model_name", None), kw.pop("regularization", None),
                  kw)
         from .cache import cached_entry
-        if not cached_entry(*j.args, **j.kwargs, quiet=True)[1]:
+        path, cached = cached_entry(*j.args, **j.kwargs, quiet=True)
+        if not cached and path not in seen:             # two jobs may name the same model
             missing.append(j.label())
             seconds += j.steps * j.passes_per_step() * _seconds_per_pass(j)
+        seen.add(path)
     if verbose:
         if missing:
-            print(f"{len(missing)} of {len(jobs)} models are not in the cache and will be trained "
+            print(f"{len(missing)} of {len(seen)} models are not in the cache and will be trained "
                   f"below: {', '.join(missing)}; roughly {_duration(seconds)} on this machine "
                   f"(estimated from one timed batch each); they are cached for next time")
         else:
-            print(f"every model needed here ({len(jobs)}) is in the cache: nothing to train")
+            print(f"every model needed here ({len(seen)}) is in the cache: nothing to train")
     return missing
 
 
