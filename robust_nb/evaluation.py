@@ -74,10 +74,17 @@ class EpsSweep:
     n: int | None = None    # the number of images every accuracy was measured on
 
     def table(self) -> str:
+        """One row per eps, one column per attack; each accuracy with its 95% interval when
+        ``n`` is known."""
+        from .stats import Accuracy
+
         names = list(self.accuracy)
-        lines = ["eps      " + "".join(f"{n:>10}" for n in names)]
-        for i, e in enumerate(self.eps):
-            lines.append(f"{e:<8.4g} " + "".join(f"{self.accuracy[n][i]:>10.1%}" for n in names))
+        cells = [[format(Accuracy(self.accuracy[a][i], self.n), "short") if self.n else
+                  f"{self.accuracy[a][i]:.1%}" for a in names] for i in range(len(self.eps))]
+        widths = [max(len(a), *(len(row[j]) for row in cells)) + 2 for j, a in enumerate(names)]
+        lines = ["eps     " + "".join(f"{a:>{w}}" for a, w in zip(names, widths))]
+        for e, row in zip(self.eps, cells):
+            lines.append(f"{e:<8.4g}" + "".join(f"{c:>{w}}" for c, w in zip(row, widths)))
         return "\n".join(lines)
 
     def plot(self, ax=None, n: int | None = None):

@@ -16,6 +16,7 @@ from robust_nb.evaluation import (  # noqa: E402
     predict_logits,
     robust_accuracy,
 )
+from robust_nb.stats import Accuracy  # noqa: E402
 from robust_nb.widgets import attack_example, attack_explorer  # noqa: E402
 
 
@@ -52,6 +53,8 @@ def test_eps_sweep_table_and_plot(trained):
     assert sweep.accuracy["fgsm"][2] == accuracy(model, fgsm(model, x, y, 0.1), y)
     table = sweep.table()
     assert "pgd" in table and len(table.splitlines()) == 5
+    assert format(Accuracy(clean, len(y)), "short") in table.splitlines()[1]   # with its interval
+    assert len({len(line) for line in table.splitlines()}) == 1                     # aligned columns
     fig = sweep.plot()
     assert len(fig.axes[0].containers) == 2 and sweep.n == len(y)    # one errorbar line per attack
     with pytest.raises(ValueError, match="eps_values"):
