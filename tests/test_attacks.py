@@ -310,6 +310,7 @@ def test_autoattack_at_least_as_strong_as_torchattacks(trained):
         torchattacks.FAB(model, eps=eps, steps=25, multi_targeted=True, n_classes=4, seed=0),
         torchattacks.Square(model, eps=eps, n_queries=300, seed=0)])
     theirs = accuracy(model, theirs_attack(x, y), y)
+    model.zero_grad(set_to_none=True)     # torchattacks writes parameter grads; the model is shared
     assert list(result.robust_accuracy) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     accs = list(result.robust_accuracy.values())
     assert accs == sorted(accs, reverse=True)           # each stage only removes points

@@ -59,6 +59,7 @@ def test_defense_contract(name, trained):
             z = defended.preprocess(x)
         assert z.shape == x.shape and z.dtype == x.dtype and 0 <= z.min() and z.max() <= 1
     # an attack on it leaves every module's mode and the parameters' .grad as they were
+    model.zero_grad(set_to_none=True)               # (the model is shared with other test files)
     model.train()
     model[2].eval()                                 # a frozen BatchNorm inside a training model
     try:

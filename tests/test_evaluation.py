@@ -66,6 +66,7 @@ def test_input_quantization_hides_gradients_but_not_the_decision(trained):
     defended = InputQuantization(model, levels=8)
     xr = x.clone().requires_grad_()
     defended(xr).sum().backward()
+    model.zero_grad(set_to_none=True)                     # leave the shared model as we found it
     assert torch.count_nonzero(xr.grad) == 0              # rounding: zero gradient everywhere
     assert accuracy(defended, x, y) > 0.8                 # 3-bit digits are still digits
     with pytest.raises(ValueError, match="levels"):

@@ -150,6 +150,7 @@ def test_batch_size_does_not_change_results(few):
 
 def test_model_mode_restored_and_no_gradients(few):
     model, x, y = few
+    model.zero_grad(set_to_none=True)               # the model is shared with other test files
     model.train()
     try:
         spatial_grid_attack(model, x[:4], y[:4], [0.0, 10.0], [0.0])

@@ -349,13 +349,17 @@ class _Job:
         self.kwargs = dict(options=options, profile=cfg.profile, make_callbacks=make_callbacks,
                            key_extra={"recipe": method, "records": _RECORDS_VERSION})
 
-    def label(self) -> str:
+    def changes(self) -> str:
         changed = ", ".join(f"{k}={v!r}" for k, v in self.overrides.items())
-        return f"{self.method!r}" + (f" with {changed}" if changed else "")
+        return f" with {changed}" if changed else ""
+
+    def label(self) -> str:
+        return f"{self.method!r}{self.changes()}"
 
     def announce(self) -> str:
         o = self.options
-        return (f"not in the cache: training the {self.label()} recipe ({self.recipe.trainer.__name__}) "
+        return (f"not in the cache: training the {self.method!r} recipe{self.changes()} "
+                f"({self.recipe.trainer.__name__}) "
                 f"on {self.name}: {o.epochs} epoch(s) x {self.steps // o.epochs} batches of "
                 f"{o.batch_size} = {self.steps:,} optimizer steps on {self.n_train:,} images (this "
                 f"can take minutes; the model is cached for next time)")
