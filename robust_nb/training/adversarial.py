@@ -197,6 +197,10 @@ class AdversarialTraining(AdversarialMethod):
 
     Options = PGDOptions
 
+    @classmethod
+    def passes_per_step(cls, options) -> int:
+        return 1 + options.steps                   # the PGD steps, then the training pass
+
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         k = self.eps_scale
         return attacks.pgd(model, x, y, eps=k * self.eps, alpha=k * self.alpha, steps=self.steps,

@@ -42,6 +42,10 @@ class AutoAttackTraining(AdversarialMethod):
 
     Options = AutoAttackOptions
 
+    @classmethod
+    def passes_per_step(cls, options) -> int:
+        return 1 + options.steps                   # the APGD iterations, then the training pass
+
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         seed = self.attack_seed()
         eps = self.eps_scale * self.eps

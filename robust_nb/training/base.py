@@ -136,6 +136,12 @@ class ClassicalTraining:
     Options = TrainOptions
     loss_name = "cross-entropy"            # what History calls the training loss
 
+    @classmethod
+    def passes_per_step(cls, options) -> int:
+        """Forward-backward passes of a batch per optimizer step with ``options`` (a cost
+        estimate for ``rnb.training.pending``): one, or three with AugMix (two more views)."""
+        return 3 if options.augmix else 1
+
     def __init__(self, model: nn.Module, options: TrainOptions | None = None, *,
                  checkpoint: str | Path | None = None, log_every: int = 50, quiet: bool = False,
                  callbacks: Sequence[Callable[[int], None]] = (), num_classes: int | None = None,

@@ -65,6 +65,10 @@ class FastAdversarialTraining(AdversarialMethod):
 
     Options = FastOptions
 
+    @classmethod
+    def passes_per_step(cls, options) -> int:
+        return 2                                   # the FGSM step, then the training pass
+
     def __init__(self, model: nn.Module, options=None, **kwargs):
         super().__init__(model, options, **kwargs)
         self._guard_batch: tuple[Tensor, Tensor] | None = None

@@ -31,7 +31,7 @@ from ..data import Dataset
 from .adversarial import AdversarialTraining
 from .autoattack_training import AutoAttackTraining
 from .base import ClassicalTraining
-from .cache import load_or_train
+from .cache import cached_entry, load_or_train
 from .fast import FastAdversarialTraining
 from .fire import FireTraining
 from .history import History
@@ -366,15 +366,7 @@ class _Job:
 
     def passes_per_step(self) -> int:
         """Forward-backward passes of a batch per optimizer step (the attack's steps included)."""
-        o = self.options
-        passes = 1 + getattr(o, "steps", 0)
-        if isinstance(o, FastAdversarialTraining.Options):
-            passes += 1                                     # the FGSM step
-        if isinstance(o, TradesTraining.Options) and o.beta > 0:
-            passes += 1                                     # clean and adversarial halves
-        if getattr(o, "augmix", False):
-            passes += 2                                     # two AugMix views
-        return passes
+        return self.recipe.trainer.passes_per_step(self.options)
 
 
 def _seconds_per_pass(job: _Job) -> float:
@@ -411,7 +403,6 @@ def pending(cfg: Config, data: Dataset, jobs, *, verbose: bool = True) -> list[s
         kw = dict(kw)
         j = _Job(cfg, data, method, kw.pop("model_name", None), kw.pop("regularization", None),
                  kw)
-        from .cache import cached_entry
         path, cached = cached_entry(*j.args, **j.kwargs, quiet=True)
         if not cached and path not in seen:             # two jobs may name the same model
             missing.append(j.label())

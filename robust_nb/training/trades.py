@@ -56,6 +56,11 @@ class TradesTraining(ClassicalTraining):
     Options = TradesOptions
     loss_name = "TRADES: CE + beta KL"
 
+    @classmethod
+    def passes_per_step(cls, options) -> int:
+        # the divergence ascent's steps, then the clean and adversarial halves (one with beta 0)
+        return 1 + options.steps + (1 if options.beta > 0 else 0)
+
     def __init__(self, model: nn.Module, options=None, **kwargs):
         super().__init__(model, options, **kwargs)
         self.noise_generator = torch.Generator(device=self.device)
