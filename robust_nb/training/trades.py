@@ -58,8 +58,9 @@ class TradesTraining(ClassicalTraining):
 
     @classmethod
     def passes_per_step(cls, options) -> int:
-        # the divergence ascent's steps, then the clean and adversarial halves (one with beta 0)
-        return 1 + options.steps + (1 if options.beta > 0 else 0)
+        # the divergence ascent's steps, then the clean and adversarial halves; beta 0 is plain
+        # cross-entropy without the ascent (training_loss skips it)
+        return 2 + options.steps if options.beta > 0 else 1
 
     def __init__(self, model: nn.Module, options=None, **kwargs):
         super().__init__(model, options, **kwargs)
