@@ -143,11 +143,11 @@ def _entry(method_cls: type, build: Callable[[], nn.Module], train, val=None, *,
 
 
 def cached_entry(method_cls: type, build: Callable[[], nn.Module], train, val=None,
-                 **kwargs) -> tuple[Path, bool]:
-    """Where :func:`load_or_train` with these arguments keeps its model, and whether the file
-    exists already (builds the model and its trainer, trains nothing)."""
-    _, _, _, path = _entry(method_cls, build, train, val, **kwargs)
-    return path, path.exists()
+                 **kwargs) -> tuple[Path, bool, nn.Module]:
+    """Where :func:`load_or_train` with these arguments keeps its model, whether the file exists
+    already, and the freshly built (untrained) model the key was computed from."""
+    model, _, _, path = _entry(method_cls, build, train, val, **kwargs)
+    return path, path.exists(), model
 
 
 def partial_path(entry: Path) -> Path:

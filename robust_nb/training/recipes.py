@@ -369,11 +369,12 @@ class _Job:
         return self.recipe.trainer.passes_per_step(self.options)
 
 
-def _seconds_per_pass(job: _Job) -> float:
-    """One forward-backward pass of a training batch through ``job``'s model, timed (best of 4)."""
+def _seconds_per_pass(job: _Job, model: nn.Module) -> float:
+    """One forward-backward pass of a training batch through ``job``'s (untrained) ``model``,
+    timed (best of 4)."""
     import time
 
-    model = job.build().train()
+    model.train()
     x = job.train[0][: job.options.batch_size].to(next(model.parameters()).device)
     y = job.train[1][: len(x)].to(x.device)
     best = float("inf")
@@ -403,10 +404,10 @@ def pending(cfg: Config, data: Dataset, jobs, *, verbose: bool = True) -> list[s
         kw = dict(kw)
         j = _Job(cfg, data, method, kw.pop("model_name", None), kw.pop("regularization", None),
                  kw)
-        path, cached = cached_entry(*j.args, **j.kwargs, quiet=True)
+        path, cached, model = cached_entry(*j.args, **j.kwargs, quiet=True)
         if not cached and path not in seen:             # two jobs may name the same model
             missing.append(j.label())
-            seconds += j.steps * j.passes_per_step() * _seconds_per_pass(j)
+            seconds += j.steps * j.passes_per_step() * _seconds_per_pass(j, model)
         seen.add(path)
     if verbose:
         if missing:
