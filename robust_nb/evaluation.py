@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .attacks import attack_mode, ce_loss, check_model_inputs, loss_and_grad
 from .attacks.registry import default_kwargs, get_attack
 from .modes import model_device, model_mode
+from .stats import Accuracy
 
 
 @torch.no_grad()
@@ -76,8 +77,6 @@ class EpsSweep:
     def table(self) -> str:
         """One row per eps, one column per attack; each accuracy with its 95% interval when
         ``n`` is known."""
-        from .stats import Accuracy
-
         names = list(self.accuracy)
         cells = [[format(Accuracy(self.accuracy[a][i], self.n), "short") if self.n else
                   f"{self.accuracy[a][i]:.1%}" for a in names] for i in range(len(self.eps))]
