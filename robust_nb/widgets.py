@@ -1,7 +1,14 @@
 """ipywidgets explorers used by the notebooks. The drawing logic is a plain function (testable
-without a browser); the widget only wires sliders and dropdowns to it."""
+without a browser); the widget only wires sliders and dropdowns to it.
+
+Each explorer shows, beside its figure, a one-line text readout of what the figure shows (an
+``HTML`` widget with the CSS class ``rnb-readout``): a learner with a screen reader, a saved copy
+and the browser test (``tests/e2e``) read the numbers from it instead of from pixels.
+"""
 
 from __future__ import annotations
+
+import html
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +19,15 @@ from .evaluation import predict_logits
 from .modes import model_device
 
 EXPLORER_ATTACKS = ("fgsm", "pgd", "apgd", "square")     # the explorer's menu (fast enough)
+READOUT_CLASS = "rnb-readout"                             # CSS class of every explorer's text readout
+
+
+def attack_summary(attack: str, norm: str, eps: float, clean_pred: int, clean_prob: float,
+                   adv_pred: int, adv_prob: float, delta_norm: float) -> str:
+    """The explorer's one-line readout (also the figure's title), e.g.
+    ``pgd, l2 budget eps = 1.000: clean 7 (99%) → adversarial 3 (64%), perturbation l2 = 0.998``."""
+    return (f"{attack}, {norm} budget eps = {eps:.3f}: clean {clean_pred} ({clean_prob:.0%}) → "
+            f"adversarial {adv_pred} ({adv_prob:.0%}), perturbation {norm} = {delta_norm:.3f}")
 
 
 def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack: str = "pgd",
@@ -19,8 +35,8 @@ def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack:
     """Attack one image (C, H, W) with the registry attack ``attack`` at its default arguments
     (:func:`robust_nb.attacks.default_kwargs` for ``eps``, ``norm``, ``steps``) and return a dict
     with ``x``, ``x_adv`` (1, C, H, W), the clean and adversarial predictions and probabilities,
-    and the figure (clean | adversarial | amplified perturbation) that :func:`attack_explorer`
-    shows."""
+    ``summary`` (:func:`attack_summary`) and the figure (clean | adversarial | amplified
+    perturbation, titled with the summary) that :func:`attack_explorer` shows."""
     import matplotlib.pyplot as plt
 
     from .plots import to_numpy_image
@@ -36,7 +52,10 @@ def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack:
     probs = predict_logits(model, torch.cat([x, x_adv])).softmax(1).cpu()   # (2, K)
     clean_pred, adv_pred = probs.argmax(1).tolist()
     delta = (x_adv - x)[0].cpu()
-    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
+    norm_value = delta.abs().max().item() if norm == "linf" else delta.norm().item()
+    summary = attack_summary(attack, norm, eps, clean_pred, probs[0, clean_pred].item(), adv_pred,
+                             probs[1, adv_pred].item(), norm_value)
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 3.0))
     axes[0].imshow(to_numpy_image(x[0]), cmap="gray", vmin=0, vmax=1)
     axes[0].set_title(f"clean: {clean_pred} ({probs[0, clean_pred]:.0%})")
     axes[1].imshow(to_numpy_image(x_adv[0]), cmap="gray", vmin=0, vmax=1)
@@ -44,20 +63,29 @@ def attack_example(model: nn.Module, image: Tensor, label: int | Tensor, attack:
                       color="red" if adv_pred != int(label) else "black")
     k = 0.5 / max(delta.abs().max().item(), 1e-12)
     axes[2].imshow(to_numpy_image(delta * k + 0.5), cmap="seismic", vmin=0, vmax=1)
-    norm_value = delta.abs().max().item() if norm == "linf" else delta.norm().item()
     axes[2].set_title(f"perturbation x{k:.0f} ({norm} = {norm_value:.3f})", fontsize=9)
     for ax in axes:
         ax.axis("off")
+    fig.suptitle(f"{attack}, {norm} budget eps = {eps:.3f}", fontsize=10)
     fig.tight_layout()
-    return dict(x=x, x_adv=x_adv, clean_pred=clean_pred, adv_pred=adv_pred, probs=probs, figure=fig)
+    return dict(x=x, x_adv=x_adv, clean_pred=clean_pred, adv_pred=adv_pred, probs=probs,
+                summary=summary, figure=fig)
+
+
+def _readout(text: str = ""):
+    import ipywidgets as widgets
+
+    readout = widgets.HTML(value=html.escape(text))
+    readout.add_class(READOUT_CLASS)
+    return readout
 
 
 def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: float = 0.3,
                     eps_max_l2: float = 3.0, steps: int = 10, attacks=EXPLORER_ATTACKS):
     """An interactive explorer: image index, attack, norm and eps sliders; shows the clean image,
-    the adversarial image, the amplified perturbation and both predictions. The eps slider runs to
-    ``eps_max`` for L-inf and ``eps_max_l2`` for L2. Returns the widget (display it as the last
-    line of a cell)."""
+    the adversarial image, the amplified perturbation and both predictions, with the same numbers
+    as a text readout (:func:`attack_summary`). The eps slider runs to ``eps_max`` for L-inf and
+    ``eps_max_l2`` for L2. Returns the widget (display it as the last line of a cell)."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -69,6 +97,7 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
     norm = widgets.Dropdown(options=["linf", "l2"], value="linf", description="norm")
     eps = widgets.FloatSlider(value=eps_max / 3, min=0.0, max=eps_max, step=eps_max / 60,
                               description="eps", readout_format=".3f")
+    readout = _readout()
     out = widgets.Output()
 
     def redraw(*_):
@@ -76,12 +105,13 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
             out.clear_output(wait=True)
             norms = get_attack(attack.value).norms
             if norm.value not in norms:
-                print(f"{attack.value} is defined for norm {' or '.join(norms)} only")
+                readout.value = html.escape(f"{attack.value} is defined for norm {' or '.join(norms)} only")
                 return
             res = attack_example(model, images[index.value], labels[index.value], attack.value,
                                  norm.value, eps.value, steps)
             display(res["figure"])
             plt.close(res["figure"])
+            readout.value = html.escape(res["summary"])
 
     def rescale(change):
         # An L2 ball needs a much larger radius than an L-inf ball for a visible effect.
@@ -98,4 +128,92 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
     for w in (index, attack, norm, eps):
         w.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([index, attack]), widgets.HBox([norm, eps]), out])
+    box = widgets.VBox([widgets.HBox([index, attack]), widgets.HBox([norm, eps]), readout, out])
+    box.add_class("rnb-attack-explorer")
+    return box
+
+
+def _check_one_image_maps(fmap: Tensor) -> None:
+    if fmap.dim() != 4 or fmap.shape[0] != 1:
+        raise ValueError(f"expected the feature maps of one image, shape (1, C, H, W), "
+                         f"got {tuple(fmap.shape)}")
+
+
+def dropblock_summary(drop_prob: float, block_size: int, dropped: float, expected: float,
+                      n_units: int, gamma: float) -> str:
+    """The DropBlock explorer's one-line readout (also its figure's title)."""
+    return (f"drop_prob = {drop_prob:.2f}, block_size = {block_size}: {dropped:.1%} of {n_units:,} units "
+            f"dropped (expected {expected:.1%}), seed rate gamma = {gamma:.4f}")
+
+
+def dropblock_example(fmap: Tensor, drop_prob: float, block_size: int, seed: int = 0,
+                      n_channels: int = 6) -> dict:
+    """One DropBlock mask (Ghiasi et al. 2018) on feature maps ``fmap`` (1, C, H, W), drawn with
+    a generator seeded by ``seed``. Returns a dict with ``mask`` (1 = kept), ``dropped`` (the
+    fraction of units this mask drops), ``expected`` (the exact expectation,
+    :func:`robust_nb.models.dropblock_drop_rate`), ``gamma`` (the seed rate), ``channels`` (the
+    ``n_channels`` most varied channels, the ones drawn), ``summary`` and the figure (those
+    channels before and after the mask) that :func:`dropblock_explorer` shows."""
+    import matplotlib.pyplot as plt
+
+    from .models import dropblock_drop_rate, dropblock_gamma, dropblock_mask
+
+    _check_one_image_maps(fmap)
+    _, c, h, w = fmap.shape
+    gen = torch.Generator(device=fmap.device).manual_seed(seed)
+    mask = dropblock_mask(fmap, drop_prob, block_size, generator=gen)          # (1, C, H, W)
+    dropped = 1.0 - mask.mean().item()
+    expected = dropblock_drop_rate(drop_prob, block_size, h, w)
+    gamma = dropblock_gamma(drop_prob, block_size, h, w)
+    summary = dropblock_summary(drop_prob, block_size, dropped, expected, mask.numel(), gamma)
+    channels = fmap[0].flatten(1).std(1).topk(min(n_channels, c)).indices.tolist()
+    fig, axes = plt.subplots(2, len(channels), figsize=(1.4 * len(channels) + 0.8, 3.4), squeeze=False)
+    for col, ch in enumerate(channels):
+        lo, hi = fmap[0, ch].min().item(), fmap[0, ch].max().item()   # LeakyReLU maps can be negative
+        for row, maps in enumerate((fmap, fmap * mask)):
+            axes[row, col].imshow(maps[0, ch].cpu(), cmap="magma", vmin=min(lo, 0.0), vmax=max(hi, 1e-6))
+            axes[row, col].set_xticks([]), axes[row, col].set_yticks([])
+        axes[0, col].set_title(f"channel {ch}", fontsize=8)
+    axes[0, 0].set_ylabel("feature map")
+    axes[1, 0].set_ylabel("DropBlock")
+    fig.suptitle(f"drop_prob = {drop_prob:.2f}, block_size = {block_size}: {dropped:.1%} dropped "
+                 f"(expected {expected:.1%})", fontsize=10)
+    fig.tight_layout()
+    return dict(mask=mask, dropped=dropped, expected=expected, gamma=gamma, channels=channels,
+                summary=summary, figure=fig)
+
+
+def dropblock_explorer(fmap: Tensor, drop_prob: float = 0.3, block_size: int = 5,
+                       drop_prob_max: float = 0.6, seed: int = 0, n_channels: int = 6):
+    """An interactive DropBlock mask explorer over feature maps ``fmap`` (1, C, H, W): sliders for
+    ``drop_prob`` (0 to ``drop_prob_max``), ``block_size`` (1 to the map's smaller side; the
+    largest drops whole channels) and the mask's seed; shows the ``n_channels`` most varied
+    channels before and after the mask (:func:`dropblock_example`) and, as text, the fraction
+    dropped against its exact expectation. Returns the widget."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    _check_one_image_maps(fmap)
+    side = min(fmap.shape[-2:])
+    prob = widgets.FloatSlider(value=drop_prob, min=0.0, max=drop_prob_max, step=0.01,
+                               description="drop_prob", readout_format=".2f")
+    size = widgets.IntSlider(value=min(block_size, side), min=1, max=side, description="block_size")
+    seed_slider = widgets.IntSlider(value=seed, min=0, max=99, description="mask seed")
+    readout = _readout()
+    out = widgets.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            res = dropblock_example(fmap, prob.value, size.value, seed_slider.value, n_channels)
+            display(res["figure"])
+            plt.close(res["figure"])
+            readout.value = html.escape(res["summary"])
+
+    for w in (prob, size, seed_slider):
+        w.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox([prob, size, seed_slider]), readout, out])
+    box.add_class("rnb-dropblock-explorer")
+    return box
