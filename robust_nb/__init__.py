@@ -16,8 +16,8 @@ from .config import Config, setup
 __version__ = "0.1.0"
 
 _SUBMODULES = ("attacks", "augmix", "calibration", "config", "corruptions", "data", "defenses",
-               "evaluation", "losses", "models", "plots", "progress", "report", "spatial", "stats",
-               "training", "widgets")
+               "evaluation", "exercises", "losses", "models", "plots", "progress", "report", "spatial",
+               "stats", "training", "widgets")
 
 __all__ = ["Config", "setup", *_SUBMODULES]
 
