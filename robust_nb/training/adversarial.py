@@ -115,8 +115,8 @@ class AdversarialMethod(ClassicalTraining):
             yield _BatchStatsView(self.model)
 
     def attack_seed(self) -> int:
-        """A different, reproducible seed for every optimizer step."""
-        return self.seed * 1_000_003 + self.global_step
+        """A different, reproducible seed for every optimizer step (and every rank)."""
+        return (self.seed * 1_000_003 + self.global_step) * self.world_size + self.rank
 
     @property
     def attack_amp(self) -> bool:
@@ -141,17 +141,20 @@ class AdversarialMethod(ClassicalTraining):
             if self._robust_val_set is None:
                 self._robust_val_set = attack_subset(val_pair, min(self.robust_val,
                                                                    len(val_pair[1])), self.seed)
-            out["val_robust_acc"] = self.pgd_accuracy(self.eval_model, *self._robust_val_set)
+            out["val_robust_acc"] = self.pgd_accuracy(self.eval_model,
+                                                      *self._shard(*self._robust_val_set))
         return out
 
     def pgd_accuracy(self, model: nn.Module, x: Tensor, y: Tensor,
                      steps: int | None = None) -> float:
         """PGD accuracy of ``model`` on ``(x, y)`` at this method's eps and norm: ``steps``
-        (default ``robust_val_steps``) steps of size eps/4 from a random start."""
-        return evaluation.robust_accuracy(
+        (default ``robust_val_steps``) steps of size eps/4 from a random start. When distributed,
+        each rank passes its own images and gets the accuracy over all ranks' images."""
+        acc = evaluation.robust_accuracy(
             model, x, y, "pgd", eps=self.eps, alpha=self.eps / 4,
             steps=steps or self.robust_val_steps, norm=self.norm, random_start=True,
-            seed=self.seed + 7, batch_size=self.eval_batch_size)
+            seed=self.seed + 7, batch_size=self.eval_batch_size) if len(y) else 0.0
+        return self.global_accuracy(acc, len(y))
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
         super().on_epoch_end(epoch, record)

@@ -25,6 +25,19 @@ SGD (momentum, Nesterov) / Adam / AdamW, per-step learning-rate schedules with w
 BatchNorm buffers, an abort with :class:`TrainingDiverged` on a non-finite loss, atomic
 per-epoch checkpoints with exact resume, and a :class:`History`.
 
+Distributed data parallel (``distributed``; :mod:`robust_nb.distributed`): in a process group
+started by ``torchrun``, the trainer wraps the model in ``DistributedDataParallel``: the training
+forward passes go through the wrapper (:attr:`ClassicalTraining.net`), so gradients are averaged
+over the ranks in the backward pass; attacks, EMA, evaluation and checkpoints use the model
+itself. ``batch_size`` stays the global batch (``batch_size / world_size`` images per rank; the
+``DeviceLoader`` gives each rank its slice of the batch one process would draw), so a run on N
+processes follows the one-process run of the same options up to float rounding and BatchNorm
+(per-rank batch statistics; convert the model with ``rnb.distributed.sync_batchnorm`` on GPUs to
+share them). Losses, accuracies and evaluations are summed over the ranks; only rank 0 writes
+checkpoints and shows progress. Every rank draws the same random numbers (data order, crops,
+mixup, TRADES' start noise, dropout) except the attacks' random starts, seeded per rank, so rank
+0's checkpoint resumes every rank exactly.
+
 Host synchronisation: per-step losses and correct counts stay on the device; the host reads them
 only every ``log_every`` steps and at the end of an epoch. That is also when a non-finite loss is
 noticed: the abort happens at the next check (at most ``log_every - 1`` steps late; on a CPU a
@@ -121,6 +134,8 @@ class ClassicalTraining:
         quiet: no progress bars.
         callbacks: ``cb(epoch)`` called at the start of every epoch.
         num_classes: for mixup's one-hot targets; default from the data.
+        distributed: train with DistributedDataParallel over the initialised process group
+            (see the module docstring); ``None``: when one of more than one process exists.
         **hyperparameters: options by name, e.g. ``epochs=6, lr=0.05, batch_size=128``.
 
     ``amp=None`` (automatic) trains in bf16 on CUDA GPUs with native bf16 and on CPUs with native
@@ -145,7 +160,7 @@ class ClassicalTraining:
     def __init__(self, model: nn.Module, options: TrainOptions | None = None, *,
                  checkpoint: str | Path | None = None, log_every: int = 50, quiet: bool = False,
                  callbacks: Sequence[Callable[[int], None]] = (), num_classes: int | None = None,
-                 **hyperparameters):
+                 distributed: bool | None = None, **hyperparameters):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if options is None:
@@ -161,17 +176,32 @@ class ClassicalTraining:
             if not callable(cb):
                 raise ValueError(f"every callback must be callable as cb(epoch), got {cb!r}")
 
+        from .. import distributed as dist
+
+        if distributed is None:
+            distributed = dist.is_distributed()
+        if distributed and not dist.is_distributed():
+            raise ValueError("distributed=True needs an initialised process group of more than one "
+                             "process (start the script with torchrun)")
+        self.rank, self.world_size = (dist.rank(), dist.world_size()) if distributed else (0, 1)
+        if options.batch_size % self.world_size:
+            raise ValueError(f"batch_size {options.batch_size} (the global batch) must be a "
+                             f"multiple of the number of processes, {self.world_size}")
+
         self.options = options
         self.model = model
         self.device = model_device(model)
         self.amp_dtype = self._resolve_amp(options.amp, self.device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.log_every, self.quiet = int(log_every), bool(quiet)
+        self.log_every, self.quiet = int(log_every), bool(quiet) or self.rank != 0
         self.callbacks = list(callbacks)
         self.num_classes = num_classes
 
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # The module the training forward passes run through: DDP averages the gradients of
+        # what goes through it. Everything else (attacks, EMA, evaluation, saving) uses `model`.
+        self.net = dist.wrap(model) if self.world_size > 1 else model
         self.optimizer = self._build_optimizer()
         # fp16 needs loss scaling; bf16 (same exponent range as fp32) does not. A disabled scaler
         # is a pass-through, so there is one code path.
@@ -263,7 +293,7 @@ class ClassicalTraining:
         if self.augmix:                                                 # AugMix option
             from ..augmix import augmix_loss
 
-            return augmix_loss(self.model, x, y, severity=self.augmix_severity,
+            return augmix_loss(self.net, x, y, severity=self.augmix_severity,
                                width=self.augmix_width, depth=self.augmix_depth,
                                alpha=self.augmix_alpha, jsd_weight=self.augmix_jsd_weight,
                                label_smoothing=self.label_smoothing,
@@ -274,7 +304,7 @@ class ClassicalTraining:
 
             x, target = mixup_batch(x, y, self.mixup_alpha, self.num_classes,
                                     generator=self.mixup_generator)   # target: (B, K) soft
-        logits = self.model(x)                                          # (B, K)
+        logits = self.net(x)                                            # (B, K)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
         return loss, logits
 
@@ -305,14 +335,19 @@ class ClassicalTraining:
             return torch.random.fork_rng(devices=[index], device_type="cuda")
         return torch.random.fork_rng(devices=[])
 
-    def fit(self, train, val=None, resume: bool = False) -> History:
+    def fit(self, train, val=None, resume: bool = False,
+            stop_after: int | None = None) -> History:
         """Train for ``epochs`` (or what is left of them after ``resume``); return the History.
 
         ``train``: an ``(images, labels)`` pair or a ``Dataset`` (its ``.train``); ``val``: a pair
         or a ``Dataset`` (its ``.test``), evaluated after every epoch. ``resume=True`` continues
         from ``checkpoint`` when that file exists (else starts afresh); with the same seed on the
-        same device the result is the same as an uninterrupted run.
+        same device the result is the same as an uninterrupted run. ``stop_after``: train at most
+        this many epochs in this call, then return (a job with a time limit; continue later with
+        ``resume=True``: the schedule is that of all ``epochs``).
         """
+        if stop_after is not None and (int(stop_after) != stop_after or stop_after < 1):
+            raise ValueError(f"stop_after must be a positive number of epochs, got {stop_after}")
         x_train, y_train = _as_pair(train, "train", "train")
         val_pair = _as_pair(val, "test", "val") if val is not None else None
         if resume and self.checkpoint is None:
@@ -326,14 +361,17 @@ class ClassicalTraining:
         padding = (self.crop_padding if self.crop_padding is not None
                    else 4 if x_train.shape[-1] >= 32 else 2)
         loader = DeviceLoader(x_train, y_train, self.batch_size, augment=self.augment,
-                              padding=padding, seed=self.seed, device=self.device)
+                              padding=padding, seed=self.seed, device=self.device,
+                              rank=self.rank, world_size=self.world_size)
         if val_pair is not None:
             val_pair = (val_pair[0].to(self.device), val_pair[1].to(self.device))
         with self._rng_context():
             torch.manual_seed(self.seed)
             if resume and self.checkpoint.exists():
                 self._load_checkpoint(self.checkpoint, loader)
-            self._run(loader, val_pair)
+            until = self.epochs if stop_after is None else min(self.epochs,
+                                                                self.epoch + int(stop_after))
+            self._run(loader, val_pair, until)
         return self.history
 
     @torch.no_grad()
@@ -355,15 +393,36 @@ class ClassicalTraining:
         al. 2020, https://arxiv.org/abs/2010.03593; the ramp of certified training), then 1."""
         return self.warmup_fraction(getattr(self.options, "eps_warmup_epochs", 0))
 
-    def _run(self, loader: DeviceLoader, val_pair) -> None:
+    # -- sums over the ranks (identity with one process) ------------------------------------
+    def _sum(self, *values: float) -> list[float]:
+        from ..distributed import sum_over_ranks
+
+        return sum_over_ranks(*values) if self.world_size > 1 else [float(v) for v in values]
+
+    def _shard(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """This rank's share of evaluation images (all of them with one process)."""
+        from ..distributed import shard
+
+        return shard(*tensors) if self.world_size > 1 else tensors
+
+    def global_accuracy(self, acc: float, n: int) -> float:
+        """An accuracy measured by this rank on ``n`` images, as the accuracy over every rank's
+        images (the accuracy itself with one process)."""
+        if self.world_size == 1:
+            return acc
+        correct, total = self._sum(round(acc * n), n)
+        return correct / total
+
+    def _run(self, loader: DeviceLoader, val_pair, until: int | None = None) -> None:
         from ..progress import progress
 
+        until = self.epochs if until is None else until
         steps = self.steps_per_epoch = len(loader)
-        n_train = len(loader.labels)
+        n_train = loader.samples_per_epoch
         epoch_bar = progress(total=self.epochs, initial=self.epoch, desc=type(self).__name__,
                          unit="epoch", disable=self.quiet)
         try:
-            while self.epoch < self.epochs and self.stop_reason is None:
+            while self.epoch < until and self.stop_reason is None:
                 epoch = self.epoch
                 for cb in self.callbacks:
                     cb(epoch)
@@ -382,6 +441,11 @@ class ClassicalTraining:
                         batch_bar.update(i + 1 - checked)
                         checked = i + 1
                 batch_bar.close()
+                if self.world_size > 1:                    # every rank's steps, every image
+                    from ..distributed import all_reduce_
+
+                    all_reduce_(losses, average=True)
+                    all_reduce_(correct)
                 record = {"epoch": epoch, "loss": losses.mean().item(),
                           "acc": correct.item() / n_train,
                           "lr": self.optimizer.param_groups[0]["lr"]}
@@ -392,7 +456,7 @@ class ClassicalTraining:
                 self.epoch = epoch + 1
                 if self.stop_reason is not None:
                     self.history.stopped = self.stop_reason
-                if self.checkpoint is not None:
+                if self.checkpoint is not None and self.rank == 0:
                     self.save_checkpoint(self.checkpoint, loader)
                 epoch_bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()
                                        if k in ("loss", "acc", "val_acc") and v is not None})
@@ -426,6 +490,10 @@ class ClassicalTraining:
 
     def _check_finite(self, losses: Tensor, start: int, stop: int, epoch: int) -> None:
         window = losses[start:stop]
+        if self.world_size > 1:      # every rank sees a NaN of any rank, and stops with it
+            from ..distributed import all_reduce_
+
+            window = all_reduce_(window.clone())
         bad = ~torch.isfinite(window)
         if not bool(bad.any()):
             return
@@ -452,12 +520,14 @@ class ClassicalTraining:
     def _evaluate(self, val_pair) -> dict:
         if val_pair is None:
             return {"val_loss": None, "val_acc": None}
-        x, y = val_pair
+        n = len(val_pair[1])
+        x, y = self._shard(*val_pair)                                  # this rank's share
 
         def measure(model):
-            logits = predict_logits(model, x, self.eval_batch_size)   # (N, K), eval mode
-            return (F.cross_entropy(logits, y).item(),
-                    (logits.argmax(1) == y).sum().item() / len(y))
+            logits = predict_logits(model, x, self.eval_batch_size)   # (n_rank, K), eval mode
+            loss, correct = self._sum(F.cross_entropy(logits, y, reduction="sum").item(),
+                                      (logits.argmax(1) == y).sum().item())
+            return loss / n, correct / n
 
         out = dict(zip(("val_loss", "val_acc"), measure(self.eval_model)))
         if self.ema is not None:

@@ -95,9 +95,10 @@ class FastAdversarialTraining(AdversarialMethod):
         start when the method uses one), same BatchNorm mode: beside :meth:`guard_accuracy` it
         shows catastrophic overfitting's signature, FGSM accuracy far above PGD accuracy."""
         with self.crafting_model() as model:
-            return evaluation.robust_accuracy(
+            acc = evaluation.robust_accuracy(
                 model, x, y, "fgsm", eps=self.eps, alpha=self.alpha,
                 random_start=self.random_start, seed=self.seed + 11)
+        return self.global_accuracy(acc, len(y))              # over every rank's guard batch
 
     def _snapshot(self) -> dict:
         return {"model": copy.deepcopy(self.model.state_dict()),

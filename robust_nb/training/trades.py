@@ -82,11 +82,11 @@ class TradesTraining(ClassicalTraining):
         if self.beta == 0:
             # The objective no longer depends on x': plain CE, no attack (as the FIRE authors'
             # code does for beta = 0; the end point of a beta sweep costs a classical epoch).
-            logits_clean = self.model(x)
+            logits_clean = self.net(x)
             return self.objective(logits_clean, logits_clean, y), logits_clean
         x_adv = self.perturb(x, y)                  # (B, C, H, W), model back in train mode
-        logits_clean = self.model(x)                # (B, K)
-        logits_adv = self.model(x_adv)              # (B, K)
+        logits_clean = self.net(x)                  # (B, K); through DDP when distributed
+        logits_adv = self.net(x_adv)                # (B, K)
         return self.objective(logits_clean, logits_adv, y), logits_clean
 
     def extra_state(self) -> dict:
