@@ -256,11 +256,11 @@ def resize_center_crop(image: Tensor, size: int) -> Tensor:
     """A uint8 (C, H, W) image resized (shorter side = ``size``, bilinear, antialiased) and
     centre-cropped to (C, size, size), uint8, on the image's device."""
     _, h, w = image.shape
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    # torchvision's rules: the longer side is truncated, the crop's offset rounded
+    new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     x = torch.nn.functional.interpolate(image[None].float(), size=(new_h, new_w),
                                         mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+    top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2))
     x = x[0, :, top:top + size, left:left + size]
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -509,7 +509,10 @@ def resized_crop_boxes(n: int, generator: torch.Generator | None = None,
 
 def resized_crop(x: Tensor, boxes: Tensor) -> Tensor:
     """Cut each image's box (:func:`resized_crop_boxes`) and resize it to the image's H x W
-    (bilinear, one ``grid_sample`` for the whole batch)."""
+    (bilinear, one ``grid_sample`` for the whole batch). Unlike torchvision, which crops and then
+    resizes, the samples along a box's edges may blend in the neighbouring pixel just outside the
+    box (by less than a pixel). A box never exceeds the image, so it is only ever enlarged and
+    needs no antialiasing."""
     n = x.shape[0]
     cx, cy, w, h = boxes.to(x.dtype).unbind(1)                          # (B,) each
     theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)        # output -> input coords
