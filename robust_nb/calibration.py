@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .stats import format_accuracy
+
 MODES = ("top-label", "marginal")
 SUM_TOLERANCE = 1e-3  # |sum_k p_k - 1| allowed per row (float16 softmax is off by ~1e-3)
 
@@ -399,7 +401,8 @@ class TemperatureScaled(nn.Module):
 # -- one row of a comparison table -------------------------------------------------------------
 
 def calibration_summary(logits, labels, n_bins: int = 15) -> dict[str, float]:
-    """Accuracy, NLL, ECE and the debiased L2 errors (top-label and marginal) of ``logits``."""
+    """Accuracy, NLL, ECE and the debiased L2 errors (top-label and marginal) of ``logits``, and
+    ``n``, the number of images (the accuracy's denominator)."""
     logits = torch.as_tensor(logits)
     if logits.dim() != 2 or not logits.dtype.is_floating_point:
         raise ValueError(f"logits must be a 2-D float tensor (N, K), got {logits.dtype} "
@@ -413,6 +416,7 @@ def calibration_summary(logits, labels, n_bins: int = 15) -> dict[str, float]:
         "l2_ce_top": calibration_error(probs, labels, mode="top-label", n_bins=n_bins),
         "l2_ce_marginal": calibration_error(probs, labels, mode="marginal", n_bins=n_bins),
         "confidence": probs.max(1).values.mean().item(),
+        "n": len(labels),
     }
 
 
@@ -421,9 +425,12 @@ SUMMARY_COLUMNS = {"accuracy": "acc", "confidence": "mean conf", "nll": "NLL", "
 
 
 def summary_table(summaries: dict[str, dict[str, float]]) -> str:
-    """Rows of :func:`calibration_summary` dicts as an aligned text table (one row per name)."""
+    """Rows of :func:`calibration_summary` dicts as an aligned text table (one row per name);
+    the accuracy with its 95% Wilson interval on the summary's ``n`` images."""
     width = max(len("model"), *(len(name) for name in summaries))
-    head = f"{'model':<{width}}" + "".join(f"{h:>13}" for h in SUMMARY_COLUMNS.values())
-    rows = [f"{name:<{width}}" + "".join(f"{s[key]:>13.4f}" for key in SUMMARY_COLUMNS)
+    head = (f"{'model':<{width}}{SUMMARY_COLUMNS['accuracy']:>19}"
+            + "".join(f"{h:>12}" for key, h in SUMMARY_COLUMNS.items() if key != "accuracy"))
+    rows = [f"{name:<{width}}{format_accuracy(s['accuracy'], s['n'], short=True):>19}"
+            + "".join(f"{s[key]:>12.4f}" for key in SUMMARY_COLUMNS if key != "accuracy")
             for name, s in summaries.items()]
     return "\n".join([head, *rows])

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .attacks import attack_mode, ce_loss, check_model_inputs, loss_and_grad
 from .attacks.registry import default_kwargs, get_attack
 from .modes import model_device, model_mode
-from .stats import Accuracy
+from .stats import Accuracy, format_accuracy
 
 
 @torch.no_grad()
@@ -175,6 +175,7 @@ class MaskingReport:
     large_eps: float             # PGD accuracy at a very large eps (should be near chance)
     zero_grad_fraction: float    # fraction of inputs whose loss gradient is (numerically) zero
     max_logit_change: float      # largest change of the logits between two identical evaluations
+    n: int                       # images checked (the accuracies' denominator)
     warnings: list = field(default_factory=list)
 
     @property
@@ -182,11 +183,13 @@ class MaskingReport:
         return bool(self.warnings)
 
     def __str__(self) -> str:
-        rows = [f"clean accuracy            {self.clean:7.1%}",
-                f"PGD                       {self.pgd:7.1%}",
-                f"PGD, more steps, restarts {self.pgd_strong:7.1%}",
-                f"Square (no gradients)     {self.square:7.1%}",
-                f"PGD at a very large eps   {self.large_eps:7.1%}",
+        acc = {name: format_accuracy(getattr(self, name), self.n, short=True)      # 95% intervals
+               for name in ("clean", "pgd", "pgd_strong", "square", "large_eps")}
+        rows = [f"clean accuracy            {acc['clean']}",
+                f"PGD                       {acc['pgd']}",
+                f"PGD, more steps, restarts {acc['pgd_strong']}",
+                f"Square (no gradients)     {acc['square']}",
+                f"PGD at a very large eps   {acc['large_eps']}",
                 f"inputs with zero gradient {self.zero_grad_fraction:7.1%}",
                 f"max logit change, rerun   {self.max_logit_change:9.2e}"]
         if not self.warnings:
@@ -254,4 +257,4 @@ def gradient_masking_check(model: nn.Module, x: Tensor, y: Tensor, eps: float,
                         f"a randomised model needs EOT")
     return MaskingReport(clean=clean, pgd=acc_pgd, pgd_strong=acc_strong, square=acc_square,
                          large_eps=acc_large, zero_grad_fraction=zero_grad, max_logit_change=change,
-                         warnings=warnings)
+                         n=len(y), warnings=warnings)

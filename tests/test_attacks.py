@@ -29,6 +29,7 @@ from robust_nb.attacks import (
     trades_kl,
 )
 from robust_nb.evaluation import accuracy
+from robust_nb.stats import format_accuracy
 
 EPS = 0.1                     # L-inf, pixel units
 EPS_L2 = 1.5
@@ -315,6 +316,9 @@ def test_autoattack_at_least_as_strong_as_torchattacks(trained):
     accs = list(result.robust_accuracy.values())
     assert accs == sorted(accs, reverse=True)           # each stage only removes points
     assert accuracy(model, result.x_adv, y) == result.final_accuracy
+    lines = result.table().splitlines()                  # every stage with its 95% interval on n
+    assert result.n == 16 and len(lines) == 7
+    assert lines[-1].startswith("fab-t") and format_accuracy(accs[-1], 16, short=True) in lines[-1]
     assert result.final_accuracy <= theirs + 2 / 64
     assert result.final_accuracy < result.clean_accuracy
 

@@ -25,6 +25,7 @@ from robust_nb.calibration import (
     reliability_diagram,
     summary_table,
 )
+from robust_nb.stats import format_accuracy
 
 TOL = 1e-4  # the bar; the estimators actually agree to ~1e-12 (ECE: ~1e-6, float32 sums)
 
@@ -305,3 +306,5 @@ def test_summary_table_lists_every_model_and_metric(real_outputs):
     lines = summary_table(rows).splitlines()
     assert len(lines) == 3 and "ECE" in lines[0] and lines[2].startswith("T=2")
     assert f"{rows['raw']['ece']:.4f}" in lines[1]
+    assert rows["raw"]["n"] == len(labels)              # the accuracy with its 95% interval on n
+    assert format_accuracy(rows["raw"]["accuracy"], len(labels), short=True) in lines[1]

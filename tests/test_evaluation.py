@@ -16,7 +16,7 @@ from robust_nb.evaluation import (  # noqa: E402
     predict_logits,
     robust_accuracy,
 )
-from robust_nb.stats import Accuracy  # noqa: E402
+from robust_nb.stats import Accuracy, format_accuracy  # noqa: E402
 from robust_nb.widgets import attack_example, attack_explorer  # noqa: E402
 
 
@@ -86,6 +86,7 @@ def test_gradient_masking_check_flags_quantization_not_the_plain_model(trained):
     text = " ".join(masked.warnings)
     assert "Square" in text and "zero loss gradient" in text
     assert "warnings" in str(masked) and masked.suspicious and not plain.suspicious
+    assert masked.n == len(y) and format_accuracy(masked.square, len(y), short=True) in str(masked)
 
 
 def test_attack_example_and_explorer(trained):

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import model_device
+from ..stats import format_accuracy
 from .apgd import apgd
 from .core import attack_mode, check_attack_inputs, lp_norm
 from .fab import fab
@@ -89,6 +90,7 @@ class AutoAttackResult:
 
     x_adv: Tensor
     clean_accuracy: float
+    n: int                                                # images attacked
     robust_accuracy: dict = field(default_factory=dict)   # attack name -> accuracy after it
     seconds: dict = field(default_factory=dict)           # attack name -> wall time
 
@@ -99,9 +101,11 @@ class AutoAttackResult:
         return stages[-1] if stages else self.clean_accuracy
 
     def table(self) -> str:
-        rows = [f"{'clean':<10} {self.clean_accuracy:7.2%}"]
-        rows += [f"{name:<10} {acc:7.2%}   ({self.seconds[name]:.1f} s)"
-                 for name, acc in self.robust_accuracy.items()]
+        """Accuracy after each stage with its 95% Wilson interval (on ``n`` images), and the
+        stage's wall time."""
+        rows = [f"{'clean':<10} {format_accuracy(self.clean_accuracy, self.n, short=True)}"]
+        rows += [f"{name:<10} {format_accuracy(acc, self.n, short=True)}   "
+                 f"({self.seconds[name]:.1f} s)" for name, acc in self.robust_accuracy.items()]
         return "\n".join(rows)
 
 
@@ -124,7 +128,8 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str
     robust = _correct(model, x0, y0)                                   # (N,) bool
     n_targets = min(n_target_classes, n_classes - 1)
     x_adv = x0.clone()
-    result = AutoAttackResult(x_adv=x_adv, clean_accuracy=robust.sum().item() / len(robust))
+    result = AutoAttackResult(x_adv=x_adv, clean_accuracy=robust.sum().item() / len(robust),
+                             n=len(robust))
     for name in names:
         start = time.perf_counter()
         idx = robust.nonzero().squeeze(1)
