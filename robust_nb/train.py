@@ -62,17 +62,25 @@ def method_options() -> dict[str, type]:
     return {m: recipe(cfg, m).trainer.Options for m in METHODS}
 
 
-def option_fields(methods: dict[str, type]) -> dict[str, tuple[dataclasses.Field, list[str]]]:
-    """Every option name of any method -> (its field in the first class that has it, the
-    methods that have it), in the order the classes declare them."""
-    out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+def option_fields(methods: dict[str, type]) -> dict[str, dict[str, dataclasses.Field]]:
+    """Every option name of any method -> {method: its field}, in the order the classes
+    declare them (a name may mean something a little different per method, e.g. ``alpha``)."""
+    out: dict[str, dict[str, dataclasses.Field]] = {}
     for method, cls in methods.items():
         for f in dataclasses.fields(cls):
-            if f.name in out:
-                out[f.name][1].append(method)
-            else:
-                out[f.name] = (f, [method])
+            out.setdefault(f.name, {})[method] = f
     return out
+
+
+def _option_help(fields: dict[str, dataclasses.Field], n_methods: int) -> str:
+    """The documentation of an option; per group of methods where the docs differ."""
+    by_doc: dict[str, list[str]] = {}
+    for method, f in fields.items():
+        by_doc.setdefault(f.metadata["doc"], []).append(method)
+    if len(by_doc) == 1:
+        (doc, users), = by_doc.items()
+        return doc if len(users) == n_methods else f"{doc} [{', '.join(users)}]"
+    return "; ".join(f"[{', '.join(users)}] {doc}" for doc, users in by_doc.items())
 
 
 _WORDS = {"none": None, "true": True, "false": False}
@@ -194,15 +202,17 @@ def build_parser(methods: dict[str, type] | None = None) -> argparse.ArgumentPar
         "every field of the method's options dataclass; default: the recipe's value. "
         "Booleans take --name / --no-name; tuples take several values (none for empty); "
         "'none' is None where allowed.")
-    for name, (f, users) in option_fields(methods).items():
-        where = "" if len(users) == len(methods) else f" [{', '.join(users)}]"
-        kw: dict[str, Any] = dict(help=f"{f.metadata['doc']}{where}".replace("%", "%%"))
-        if f.type == "bool":
+    for name, fields in option_fields(methods).items():
+        kw: dict[str, Any] = dict(help=_option_help(fields, len(methods)).replace("%", "%%"))
+        # the widest type any method gives the name (alpha: float, or float | None)
+        annotation = " | ".join(dict.fromkeys(part.strip() for f in fields.values()
+                                              for part in str(f.type).split("|")))
+        if annotation == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = _converter(f.type)
-            kw["metavar"] = str(f.type).upper().replace(" | ", "|").replace("NONE", "none")
-            if f.type == "tuple":
+            kw["type"] = _converter(annotation)
+            kw["metavar"] = annotation.upper().replace(" | ", "|").replace("NONE", "none")
+            if annotation == "tuple":
                 kw["nargs"] = "*"
         group.add_argument(_flag(name), dest=f"opt_{name}", **kw)
     return parser

@@ -114,3 +114,27 @@ def test_resume_after_a_stop_gives_the_uninterrupted_weights(folder, classical_r
     torchrun([*args, "--resume"])
     # the same processes and order of operations: identical, not merely close
     assert_same_weights(weights(tmp_path), weights(classical_runs[1]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("augment", ["crop+flip", "resized-crop+flip"])
+def test_the_ranks_batches_together_are_the_one_process_batch(seed, augment):
+    """No processes needed: each rank's loader, built alone, yields its slice of the batch that
+    one process draws from the same seed (order, crops, flips); a partial last batch is cut to a
+    multiple of the number of ranks."""
+    from robust_nb.data import DeviceLoader
+
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(70, 3, 8, 8, generator=g), torch.arange(70)
+    kw = dict(batch_size=16, augment=augment, seed=seed, padding=2)
+    one = list(DeviceLoader(x, y, **kw))
+    ranks = [list(DeviceLoader(x, y, rank=r, world_size=4, **kw)) for r in range(4)]
+    assert len(one) == 5 and all(len(batches) == 5 for batches in ranks)
+    for step, (xb, yb) in enumerate(one[:4]):                       # full batches: 4 x 4 images
+        torch.testing.assert_close(torch.cat([ranks[r][step][0] for r in range(4)]), xb)
+        assert torch.equal(torch.cat([ranks[r][step][1] for r in range(4)]), yb)
+    tail = [ranks[r][4][1] for r in range(4)]                       # 70 = 4 x 16 + 6 -> 4 x 1
+    assert [len(t) for t in tail] == [1, 1, 1, 1] and torch.equal(torch.cat(tail), one[4][1][:4])
+    assert DeviceLoader(x, y, rank=0, world_size=4, **kw).samples_per_epoch == 68
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        DeviceLoader(x, y, batch_size=10, world_size=4)
