@@ -169,9 +169,10 @@ def _fail(name: str, problem: str, hint: str = "") -> None:
     raise ExerciseFailed(message)
 
 
-def _call(name: str, fn: Callable, case: str, *args):
+def _call(name: str, fn: Callable, case: str, *args, hints: dict[str, str] | None = None):
     """``fn(*args)``; an unfinished exercise or a crash becomes an ExerciseFailed naming the case
-    (the original exception stays attached as the cause)."""
+    (the original exception stays attached as the cause), with the advice of ``hints`` whose key
+    occurs in the error's message."""
     try:
         return fn(*args)
     except NotImplementedError as err:
@@ -181,7 +182,9 @@ def _call(name: str, fn: Callable, case: str, *args):
     except ExerciseFailed:
         raise
     except Exception as err:
-        raise ExerciseFailed(f"{name} raised {type(err).__name__} on {case}: {err}") from err
+        advice = next((h for key, h in (hints or {}).items() if key in str(err)), "")
+        raise ExerciseFailed(f"{name} raised {type(err).__name__} on {case}: {err}"
+                             + (f"\n  hint: {advice}" if advice else "")) from err
 
 
 def _as_tensor(name: str, out, case: str, shape: tuple, what: str = "a tensor",
@@ -397,7 +400,9 @@ def check_ema_update(ema_update: Callable, seed: int = 0) -> None:
         before, weights = copy.deepcopy(ema.state_dict()), copy.deepcopy(model.state_dict())
         expected = copy.deepcopy(ema)
         _ref_ema_update(expected, model, decay)
-        _call(name, ema_update, case, ema, model, decay)
+        _call(name, ema_update, case, ema, model, decay,
+              hints={"Long": "integer buffers (BatchNorm's num_batches_tracked) cannot be "
+                             "averaged: copy them (e.copy_(w)) when not e.is_floating_point()"})
         if any(not torch.equal(v, model.state_dict()[k]) for k, v in weights.items()):
             _fail(name, f"changed the model's own weights on {case}",
                   "only ema_model changes; read model's tensors, write into ema_model's")
@@ -518,6 +523,13 @@ def check_fgsm(fgsm_attack: Callable, seed: int = 0) -> None:
         if _close(out, expected, 1e-7):
             continue
         g = _input_grad(model, x, y)
+        inside = (out > 1e-9) & (out < 1 - 1e-9) & (g != 0)        # pixels the [0, 1] clip left alone
+        step = (out - x).abs()[inside]
+        if len(step) and not torch.allclose(step, torch.full_like(step, eps), atol=1e-7):
+            _fail(name, f"differs from {ref} on {case}: pixels moved by different amounts (from "
+                        f"{step.min().item():.3g} to {step.max().item():.3g}), not all by eps = {eps}",
+                  "you stepped along the gradient's value; FGSM steps along its sign, so every "
+                  "pixel moves by exactly eps: x + eps * grad.sign()")
         mistakes = [
             ((x - eps * g.sign()).clamp(0, 1),
                     "off by a sign: your step goes down the loss. FGSM ascends it: x + eps * sign(g)"),
@@ -618,16 +630,19 @@ def check_adversarial_loss(adversarial_loss: Callable, seed: int = 0) -> None:
                   "no .detach() or .item() on the loss)")
         if not _close(loss, expected, 1e-8):
             x_adv = attack(copy.deepcopy(original), x, y)
+            both = copy.deepcopy(original)           # a clean pass first, then the attack's images
             with torch.no_grad():
                 clean = F.cross_entropy(copy.deepcopy(original).train()(x), y)
                 in_eval = F.cross_entropy(copy.deepcopy(original).eval()(x_adv), y)
+                clean_first = F.cross_entropy(both(x), y)
+            adv_after = F.cross_entropy(both(attack(both, x, y)), y).detach()
+            mixed = "Madry et al. train on the adversarial images only; the clean loss is not part of it"
             for wrong, hint in ((clean, "this is the loss on the clean images: train on "
                                         "x_adv = attack(model, x, y)"),
                                 (in_eval, "the loss was computed in eval mode: the training forward "
                                           "pass runs in train mode (BatchNorm on batch statistics)"),
-                                ((clean + expected.detach()) / 2,
-                                 "Madry et al. train on the adversarial images only; the clean "
-                                 "loss is not part of it")):
+                                ((clean_first + adv_after) / 2, mixed),
+                                (clean_first + adv_after, mixed)):
                 if _close(loss, wrong, 1e-8):
                     _fail(name, f"returned {loss.item():.6g} on {case}, expected "
                                 f"{expected.item():.6g}", hint)
@@ -649,7 +664,7 @@ def check_adversarial_loss(adversarial_loss: Callable, seed: int = 0) -> None:
 def _logit_pairs(gen: torch.Generator):
     cases = []
     for b, k, scale, case in ((8, 10, 2.0, "8 samples, 10 classes"), (1, 2, 1.0, "1 sample, 2 classes"),
-                              (5, 3, 30.0, "confident logits (up to +-90)")):
+                              (5, 3, 300.0, "very confident logits (up to +-900)")):
         clean = torch.randn((b, k), generator=gen, dtype=torch.float64) * scale
         adv = clean + torch.randn((b, k), generator=gen, dtype=torch.float64) * scale
         cases.append((clean, adv, torch.randint(0, k, (b,), generator=gen), case))
