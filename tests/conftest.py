@@ -23,6 +23,23 @@ def mnist():
     return load_dataset("mnist-5k")
 
 
+class TrainingInterrupted(Exception):
+    """Raised by an :func:`interrupt_at` callback: stands in for a training run that was killed."""
+
+
+@pytest.fixture(scope="session")
+def interrupt_at():
+    """Factory: ``interrupt_at(k)`` is an epoch callback that raises :class:`TrainingInterrupted`
+    (also ``interrupt_at.error``) at the end of epoch ``k`` (never for ``k = -1``)."""
+    def factory(epoch_to_stop: int):
+        def callback(epoch):
+            if epoch == epoch_to_stop:
+                raise TrainingInterrupted(f"stopped after epoch {epoch}")
+        return callback
+    factory.error = TrainingInterrupted
+    return factory
+
+
 def small_convnet(mean: float = 0.1307, std: float = 0.3081) -> nn.Sequential:
     """A small MNIST convnet with BatchNorm (so a forgotten train/eval switch would change its
     running statistics); ``model[2]`` is the BatchNorm, ``model[-1]`` the last Linear."""

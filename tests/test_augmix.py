@@ -199,31 +199,20 @@ def test_training_with_augmix(mnist, seed):
     assert config["augmix"] is True and config["augmix_jsd_weight"] == 12.0
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(epoch_to_stop):
-    def cb(epoch):
-        if epoch == epoch_to_stop:
-            raise Interrupt
-    return cb
-
-
-def test_training_augmix_without_jsd_and_resume(mnist, tmp_path):
+def test_training_augmix_without_jsd_and_resume(mnist, tmp_path, interrupt_at):
     """jsd_weight=0 (one AugMix view, cross-entropy) trains; an interrupted run resumed from its
     checkpoint ends with the same weights (the AugMix generator is saved and restored)."""
     x, y = mnist.train[0][:64], mnist.train[1][:64]
 
     def kwargs(path, stop):
         return dict(epochs=2, lr=0.05, batch_size=32, augmix=True, augmix_jsd_weight=0.0, seed=1,
-                    quiet=True, amp=False, checkpoint=path, callbacks=[_interrupt_at(stop)])
+                    quiet=True, amp=False, checkpoint=path, callbacks=[interrupt_at(stop)])
 
     torch.manual_seed(0)
     straight = ClassicalTraining(_tiny_model(), **kwargs(tmp_path / "a.pt", -1))
     straight.fit((x, y))
     torch.manual_seed(0)
-    with pytest.raises(Interrupt):
+    with pytest.raises(interrupt_at.error):
         ClassicalTraining(_tiny_model(), **kwargs(tmp_path / "b.pt", 1)).fit((x, y))
     torch.manual_seed(99)
     resumed = ClassicalTraining(_tiny_model(), **kwargs(tmp_path / "b.pt", -1))

@@ -137,31 +137,20 @@ def test_nan_aborts_naming_epoch_and_step_and_keeps_last_checkpoint(small, tmp_p
 
 
 # ------------------------------------------------------------------ checkpoints and resume
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(epoch_to_stop):
-    def cb(epoch):
-        if epoch == epoch_to_stop:
-            raise Interrupt
-    return cb
-
-
 def _resume_kwargs(path, callbacks=()):
     # augmentation, dropout (global RNG), mixup (own generator), EMA and momentum all carry state
     return dict(epochs=2, lr=0.05, batch_size=128, augment="crop", ema_decay=0.9,
                 mixup_alpha=1.0, seed=3, checkpoint=path, quiet=True, callbacks=callbacks)
 
 
-def test_resume_continues_exactly(small, tmp_path):
+def test_resume_continues_exactly(small, tmp_path, interrupt_at):
     one_go = ClassicalTraining(tiny_model(dropout=0.3), **_resume_kwargs(tmp_path / "a.pt"))
     one_go.fit(small[0], val=small[1])
 
-    noop = _interrupt_at(-1)
+    noop = interrupt_at(-1)
     path = tmp_path / "b.pt"
-    first = ClassicalTraining(tiny_model(dropout=0.3), **_resume_kwargs(path, [_interrupt_at(1)]))
-    with pytest.raises(Interrupt):
+    first = ClassicalTraining(tiny_model(dropout=0.3), **_resume_kwargs(path, [interrupt_at(1)]))
+    with pytest.raises(interrupt_at.error):
         first.fit(small[0], val=small[1])
     torch.manual_seed(1234)                       # the caller's RNG must not matter
     second = ClassicalTraining(tiny_model(seed=99, dropout=0.3), **_resume_kwargs(path, [noop]))
