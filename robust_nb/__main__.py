@@ -11,6 +11,10 @@ profile the published numbers) and every figure of the executed notebooks as
 ``figures/<notebook>--<section>-<k>.png``, the section being the nearest markdown heading above
 the figure.
 
+``python -m robust_nb student [NOTEBOOK ...] --out DIR`` writes student copies: solutions cleared,
+outputs cleared, nbgrader metadata, a header saying how to check one's work (``--with-solutions``:
+the annotated nbgrader source notebooks instead; see :mod:`robust_nb.student`).
+
 ``python -m robust_nb run --smoke [NOTEBOOK ...]`` (or ``$ROBUST_NB_SMOKE=1``) runs them in the full
 profile at tiny sizes on a fake CIFAR-10, every cell even after an error, into ``results/smoke/``,
 and fails on any error but an ``AssertionError`` (see :mod:`robust_nb.smoke`).
@@ -240,11 +244,39 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--data", type=Path, default=None,
                              help="with --smoke: a folder holding cifar-10-batches-py (default: "
                                   "a fake copy written into a temporary folder)")
+    text = "write student copies (solutions and outputs cleared, nbgrader metadata)"
+    cmd = sub.add_parser("student", help=text, description=text)
+    cmd.add_argument("notebooks", nargs="*", type=str,
+                     help="notebook names, numbers or .ipynb paths (default: all)")
+    cmd.add_argument("--out", type=Path, required=True, help="folder for the copies")
+    cmd.add_argument("--with-solutions", action="store_true",
+                     help="write the annotated nbgrader source notebooks (solutions kept) instead")
+    cmd.add_argument("--force", action="store_true", help="overwrite copies that exist in --out")
     return parser
+
+
+def _student(args: argparse.Namespace) -> int:
+    """The ``student`` command: 0, or 2 with a message on stderr."""
+    from .student import write_copies
+
+    try:
+        paths = find_notebooks(args.notebooks)
+        written = write_copies(paths, args.out, with_solutions=args.with_solutions,
+                               force=args.force)
+    except (ValueError, FileNotFoundError) as err:       # StudentCopyError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    what = "nbgrader source notebooks" if args.with_solutions else "student copies"
+    print(f"{len(written)} {what} in {Path(args.out).resolve()}/")
+    for path in written:
+        print(f"  {path.name}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "student":
+        return _student(args)
 
     from . import smoke as smoke_run
     from .config import resolve_profile
