@@ -15,6 +15,9 @@ the figure.
 outputs cleared, nbgrader metadata, a header saying how to check one's work (``--with-solutions``:
 the annotated nbgrader source notebooks instead; see :mod:`robust_nb.student`).
 
+``python -m robust_nb bench`` times PGD-10 and training epochs against torchattacks and the
+textbook loops on the profile's model, in one run: a table and a JSON (see :mod:`robust_nb.bench`).
+
 ``python -m robust_nb run --smoke [NOTEBOOK ...]`` (or ``$ROBUST_NB_SMOKE=1``) runs them in the full
 profile at tiny sizes on a fake CIFAR-10, every cell even after an error, into ``results/smoke/``,
 and fails on any error but an ``AssertionError`` (see :mod:`robust_nb.smoke`).
@@ -252,6 +255,10 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--with-solutions", action="store_true",
                      help="write the annotated nbgrader source notebooks (solutions kept) instead")
     cmd.add_argument("--force", action="store_true", help="overwrite copies that exist in --out")
+    text = ("time PGD-10 and training epochs against torchattacks and textbook loops, with "
+            "achieved FLOP/s over a measured matmul peak (see robust_nb/bench.py)")
+    from .bench import add_arguments as add_bench_arguments
+    add_bench_arguments(sub.add_parser("bench", help=text, description=text))
     return parser
 
 
@@ -277,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "student":
         return _student(args)
+    if args.command == "bench":
+        from .bench import main as bench_main
+        return bench_main(args)
 
     from . import smoke as smoke_run
     from .config import resolve_profile
