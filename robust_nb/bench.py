@@ -395,6 +395,12 @@ def table(result: dict) -> str:
             peak = f"{t['fraction_of_peak']:.0%}" if t["fraction_of_peak"] is not None else "-"
             lines.append(f"| {workload} | {name} | {_spread(t)} | {wall:.2f}x | {cpu:.2f}x | "
                          f"{peak} | {checks.get(name, '')} |")
+    theirs = p["paths"].get("torchattacks fp32")
+    if theirs is not None:
+        ratios = [f"{name}: wall {theirs['wall_s']['median'] / t['wall_s']['median']:.2f}x, CPU "
+                  f"{theirs['cpu_s']['median'] / t['cpu_s']['median']:.2f}x"
+                  for name, t in p["paths"].items() if name.startswith("robust_nb")]
+        lines.append(f"\nPGD speed relative to torchattacks.PGD: {'; '.join(ratios)}")
     lines += [f"\nnote: {note}" for note in p["notes"]]
     return "\n".join(lines)
 

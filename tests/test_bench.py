@@ -72,6 +72,7 @@ def test_the_table_shows_every_path(result):
     for method in ("classical", "pgd", "trades"):
         assert f"| {method} epoch, 32 images | textbook fp32 |" in text
     assert "DISAGREES" not in text
+    assert "PGD speed relative to torchattacks.PGD: robust_nb fp32: wall" in text
 
 
 def test_without_torchattacks_the_column_is_skipped(monkeypatch):
