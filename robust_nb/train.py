@@ -272,6 +272,14 @@ def resolve(args: argparse.Namespace, methods: dict[str, type]) -> tuple[dict, d
                          f"options: {', '.join(sorted(known))}")
     if run["out"] is None:
         raise UsageError("--out DIR is required (where checkpoints, history and evaluation go)")
+    for key, low in (("eval_n", 1), ("eval_steps", 1), ("stop_after", 1), ("holdout", 0),
+                     ("image_size", 8)):
+        value = run[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < low):
+            raise UsageError(f"{key.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+    if run["eval_eps"] is not None and not run["eval_eps"] > 0:
+        raise UsageError(f"eval-eps must be positive, got {run['eval_eps']!r}")
     return run, options
 
 
@@ -405,10 +413,12 @@ def train(run: dict, option_overrides: dict, device: torch.device | None = None)
              f"with --resume")
         return 0
 
-    eps = run["eval_eps"] or getattr(options, "eps", None) or cfg.eps_linf
+    eps = next(v for v in (run["eval_eps"], getattr(options, "eps", None), cfg.eps_linf)
+               if v is not None and v > 0)                  # a method trained at eps 0: the profile's
     result = evaluate(trainer.eval_model, data.test, eps=eps,
-                      steps=run["eval_steps"] or cfg.attack_steps,
-                      norm=getattr(options, "norm", "linf"), n_attack=run["eval_n"] or cfg.n_attack,
+                      steps=cfg.attack_steps if run["eval_steps"] is None else run["eval_steps"],
+                      norm=getattr(options, "norm", "linf"),
+                      n_attack=cfg.n_attack if run["eval_n"] is None else run["eval_n"],
                       seed=options.seed, batch_size=options.eval_batch_size)
     if distributed.is_main():
         from .stats import Accuracy

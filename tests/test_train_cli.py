@@ -131,6 +131,8 @@ def test_config_files_and_flags(folder, tmp_path, capsys):
     (["--lr", "-1"], "lr must be a finite positive number"),
     (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
     ([], "--out DIR is required"),
+    (["--eval-n", "0"], "eval-n must be an integer >= 1"),
+    (["--stop-after", "0"], "stop-after must be an integer >= 1"),
 ])
 def test_bad_arguments_exit_with_2_and_say_why(args, message, tmp_path, capsys):
     out = [] if not args else ["--out", tmp_path / "o"]
