@@ -16,7 +16,7 @@ written atomically; ``--resume`` continues from it), ``history.json`` and ``hist
 per epoch), ``model.pt`` (the weights to evaluate: the EMA copy when the recipe has one) and
 ``evaluation.json`` (clean accuracy on the test split and PGD accuracy on a stratified subset,
 each with its 95% Wilson interval). Checkpoints and ``model.pt`` load with
-``torch.load(..., weights_only=True)``.
+``torch.load(..., weights_only=True)``; :func:`load_trained` rebuilds the model from ``model.pt``.
 
 Under ``torchrun`` the same command trains with DistributedDataParallel (``robust_nb.distributed``):
 ``--batch-size`` stays the global batch, rank 0 writes every file, and the final evaluation is
@@ -285,30 +285,52 @@ def resolve(args: argparse.Namespace, methods: dict[str, type]) -> tuple[dict, d
 
 # -- the run ---------------------------------------------------------------------------------
 
-def _build_model(cfg, data, name: str, run: dict, seed: int):
+def model_kwargs(cfg, data, name: str, run: dict) -> dict:
+    """The :func:`~robust_nb.models.build_model` arguments of the run's model: the data's
+    classes, channels and statistics, the profile's sizes (as ``rnb.models.for_config`` gives
+    them) and the run's ``--width``, ``--filters``, ``--batchnorm``, ``--stem``. Stored in
+    ``model.pt`` so that :func:`load_trained` rebuilds the same architecture."""
     from .data import IMAGEFOLDER
-    from .models import for_config
 
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = dict(num_classes=data.num_classes, in_channels=data.in_channels,
+                              mean=list(data.mean), std=list(data.std))
     if name.lower() == "convnet":
-        for key in ("filters", "batchnorm"):
-            if run[key] is not None:
-                kw[key] = run[key]
         if run["width"] is not None or run["stem"] is not None:
             raise UsageError("--width and --stem apply to the ResNet family, not the convnet")
+        kw["filters"] = cfg.convnet_filters if run["filters"] is None else run["filters"]
+        kw["batchnorm"] = cfg.convnet_batchnorm if run["batchnorm"] is None else run["batchnorm"]
     else:
         if run["filters"] is not None or run["batchnorm"] is not None:
             raise UsageError("--filters and --batchnorm apply to the convnet only")
-        if run["width"] is not None:
-            kw["width"] = run["width"]
+        kw["width"] = cfg.width if run["width"] is None else run["width"]
         kw["stem"] = run["stem"] or ("imagenet" if data.name.startswith(IMAGEFOLDER) else "cifar")
+    return kw
+
+
+def _build_model(name: str, kwargs: dict, seed: int, device: torch.device):
+    from .models import build_model
+
     with torch.random.fork_rng(devices=[]):            # the same weights whatever came before
         torch.manual_seed(seed)
         try:
-            model = for_config(cfg, data, name=name, **kw)
+            model = build_model(name, **kwargs)
         except ValueError as err:
             raise UsageError(str(err)) from err
-    return model.to(cfg.device)
+    return model.to(device)
+
+
+def load_trained(out: str | Path, device: torch.device | str = "cpu"):
+    """The model a run wrote to ``out/model.pt``, rebuilt and loaded (``weights_only=True``),
+    in eval mode.
+
+    >>> model = robust_nb.train.load_trained("runs/trades")
+    """
+    from .training.checkpoint import safe_load
+
+    state = safe_load(Path(out) / "model.pt", MODEL_FORMAT, map_location=device)
+    model = _build_model(state["model"], state["build"], 0, torch.device(device))
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
 
 
 def evaluate(model, test: tuple, *, eps: float, steps: int, norm: str, n_attack: int,
@@ -377,7 +399,8 @@ def train(run: dict, option_overrides: dict, device: torch.device | None = None)
     except ValueError as err:                      # an unknown name, an undecodable image
         raise UsageError(str(err)) from err
     name = run["model"] or r.model or cfg.model
-    model = _build_model(cfg, data, name, run, options.seed)
+    build = model_kwargs(cfg, data, name, run)
+    model = _build_model(name, build, options.seed, cfg.device)
     if run["sync_batchnorm"]:
         model = distributed.sync_batchnorm(model)
     holdout = r.holdout if run["holdout"] is None else run["holdout"]
@@ -423,9 +446,8 @@ def train(run: dict, option_overrides: dict, device: torch.device | None = None)
     if distributed.is_main():
         from .stats import Accuracy
 
-        weights = {"format": MODEL_FORMAT, "model": name, "num_classes": data.num_classes,
-                   "in_channels": data.in_channels, "mean": list(data.mean),
-                   "std": list(data.std), "settings": json.dumps(settings),
+        weights = {"format": MODEL_FORMAT, "model": name, "build": build,
+                   "num_classes": data.num_classes, "settings": json.dumps(settings),
                    "state_dict": trainer.eval_model.state_dict()}
         atomic_write(out / "model.pt", lambda f: torch.save(weights, f))
         atomic_write(out / "evaluation.json", json.dumps(result, indent=2) + "\n")

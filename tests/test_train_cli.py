@@ -85,6 +85,12 @@ def test_a_run_writes_checkpoint_history_model_and_evaluation(folder, tmp_path):
     assert model["model"] == "convnet" and model["num_classes"] == 2
     for k, v in ckpt["model"].items():                  # no EMA: the trained weights themselves
         assert torch.equal(model["state_dict"][k], v), k
+    trained = cli.load_trained(out)                     # rebuilt: the evaluation's accuracy
+    from robust_nb.data import load_dataset
+    from robust_nb.evaluation import accuracy
+
+    test = load_dataset(f"imagefolder:{folder}", image_size=12, device="cpu").test
+    assert accuracy(trained, *test) == ev["clean"]["value"]
 
 
 def test_stop_and_resume_equal_an_uninterrupted_run(folder, tmp_path):
