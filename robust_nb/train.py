@@ -391,6 +391,10 @@ def train(run: dict, option_overrides: dict, device: torch.device | None = None)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from err
     dataset = run["dataset"] or cfg.dataset
+    # Rank 0 reads (and downloads, if need be) first; the others wait, then read its files, so
+    # that several processes never download into the same folder at once.
+    if not distributed.is_main():
+        distributed.barrier()
     try:
         data = rnb_data.load_dataset(dataset, root=run["data_root"], download=run["download"],
                                      image_size=run["image_size"], device=cfg.device)
@@ -398,6 +402,8 @@ def train(run: dict, option_overrides: dict, device: torch.device | None = None)
         raise
     except ValueError as err:                      # an unknown name, an undecodable image
         raise UsageError(str(err)) from err
+    if distributed.is_main():
+        distributed.barrier()
     name = run["model"] or r.model or cfg.model
     build = model_kwargs(cfg, data, name, run)
     model = _build_model(name, build, options.seed, cfg.device)
