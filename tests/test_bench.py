@@ -50,6 +50,7 @@ def test_every_pgd_implementation_agrees_with_the_textbook(result, mnist):
         assert path["agree"], name
         if name.endswith("fp32"):
             assert path["pixels_differing"] <= 0.01, name
+        assert path["loss_gain_vs_textbook"] >= 0.9, name
     # the same algorithm: torchattacks counts the textbook's FLOPs exactly; robust_nb's adds one
     # forward pass of one image (its input check reads the model's number of outputs)
     flops = {name: p["flops"] for name, p in pgd["paths"].items() if name.endswith("fp32")}
