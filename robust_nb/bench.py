@@ -17,8 +17,9 @@ Three measurements on the profile's main model and data, on the profile's device
   ``transforms`` (random crop, flip, ``ToTensor``), a ``DataLoader``, the same model and optimizer,
   and TRADES exactly as the authors' ``trades.py`` computes it.
 * **Achieved FLOP/s** of each path (the FLOPs that ``torch.utils.flop_counter`` counts in one run,
-  over its median time) as a fraction of a **measured peak**: the median rate of a large matmul
-  on the same device in the same precision. Convolutions of a small network reach only part of
+  over its median time) as a fraction of a **measured peak**: the median rate of large matmuls
+  on the same device in the same precision, timed in the same interleaved rounds (so under the
+  same background load). Convolutions of a small network reach only part of
   it; the fraction says how much the rest (memory traffic, Python, data loading) costs.
 
 Timing: one warm-up run of each path (the one whose FLOPs are counted), then ``repeats``
@@ -106,17 +107,35 @@ def interleaved(paths: dict[str, Callable[[], object]], device: torch.device,
     return out
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5,
-                size: int | None = None) -> float:
-    """Measured FLOP/s of a square matmul (median of ``repeats`` after a warm-up): the
-    device's practical arithmetic limit in ``dtype``."""
-    size = size or (8192 if device.type == "cuda" else 1024)
+PEAK = "peak: matmul"            # the name prefix of the peak paths in every section
+
+
+def matmul_paths(device: torch.device) -> dict[str, Callable[[], object]]:
+    """Square matmuls (a batch of them per call, long enough to time) in fp32 and, where it is
+    native, bf16: timed in every section's rounds beside the real paths, so that the "of peak"
+    fractions compare rates measured under the same background load."""
+    size, count = (8192, 10) if device.type == "cuda" else (1024, 8)
     g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, generator=g).to(dtype)
-    b = torch.randn(size, size, device=device, generator=g).to(dtype)
-    a @ b
-    walls = [timed(lambda: a @ b, device)[0] for _ in range(repeats)]
-    return 2 * size ** 3 / statistics.median(walls)
+    out = {}
+    for dtype in [torch.float32] + ([torch.bfloat16] if native_bf16(device) else []):
+        a = torch.randn(size, size, device=device, generator=g).to(dtype)
+        b = torch.randn(size, size, device=device, generator=g).to(dtype)
+        name = f"{PEAK} {'fp32' if dtype == torch.float32 else 'bf16'}"
+        out[name] = lambda a=a, b=b: [a @ b for _ in range(count)]
+    return out
+
+
+def add_rates(section: dict) -> None:
+    """Each path's achieved FLOP/s, and its fraction of the section's measured matmul peak in
+    the path's precision; the peak paths move to ``section["peak_flops"]``."""
+    paths = section["paths"]
+    for t in paths.values():
+        t["flops_per_s"] = t["flops"] / t["wall_s"]["median"]
+    section["peak_flops"] = {name.split()[-1]: paths.pop(name)["flops_per_s"]
+                             for name in [n for n in paths if n.startswith(PEAK)]}
+    for t in paths.values():
+        peak = section["peak_flops"].get(t["dtype"])
+        t["fraction_of_peak"] = t["flops_per_s"] / peak if peak else None
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -275,13 +294,16 @@ def pgd_section(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float
                           and c["loss_gain_vs_textbook"] >= 0.9)
         else:                   # fp32: the same attack, pixel for pixel up to sign rounding
             c["agree"] = c["robust_acc"] == ref_acc and c["pixels_differing"] <= 0.01
-    timings = interleaved(paths, device, repeats)
+    timings = interleaved({**paths, **matmul_paths(device)}, device, repeats)
     for name, t in timings.items():
-        t.update(checks[name], images_per_s=len(y) / t["wall_s"]["median"],
-                 images_per_cpu_s=len(y) / t["cpu_s"]["median"],
-                 dtype="bf16" if "bf16" in name else "fp32")
-    return {"n": len(y), "steps": steps, "eps": eps, "alpha": alpha, "paths": timings,
-            "agree": all(c["agree"] for c in checks.values()), "notes": notes}
+        t["dtype"] = "bf16" if "bf16" in name else "fp32"
+        if name in checks:
+            t.update(checks[name], images_per_s=len(y) / t["wall_s"]["median"],
+                     images_per_cpu_s=len(y) / t["cpu_s"]["median"])
+    section = {"n": len(y), "steps": steps, "eps": eps, "alpha": alpha, "paths": timings,
+               "agree": all(c["agree"] for c in checks.values()), "notes": notes}
+    add_rates(section)
+    return section
 
 
 def training_section(cfg, data, model: nn.Module, methods: tuple[str, ...], train_n: int,
@@ -309,11 +331,12 @@ def training_section(cfg, data, model: nn.Module, methods: tuple[str, ...], trai
                  "robust_nb fp32": _trainer_path(model, x, y, r.trainer, fp32),
                  f"robust_nb recipe ({'bf16' if amp else 'fp32'})":
                      _trainer_path(model, x, y, r.trainer, options)}
-        timings = interleaved(paths, device, repeats)
+        timings = interleaved({**paths, **matmul_paths(device)}, device, repeats)
         for name, t in timings.items():
-            t["dtype"] = "bf16" if "(bf16)" in name else "fp32"
+            t["dtype"] = "bf16" if "bf16" in name else "fp32"
         out[method] = {"trainer": r.trainer.__name__, "batch_size": options.batch_size,
                        "images": len(y), "paths": timings}
+        add_rates(out[method])
     return out
 
 
@@ -351,25 +374,16 @@ def run(profile: str | None = None, *, n: int = 256, train_n: int = 1024, repeat
         torch.manual_seed(seed)
         model = for_config(cfg, data)
     x, y = (t[:n].to(cfg.device) for t in data.test)
-    peaks = {"fp32": matmul_peak(cfg.device, torch.float32)}
-    if native_bf16(cfg.device):
-        peaks["bf16"] = matmul_peak(cfg.device, torch.bfloat16)
-    result = {
+    return {
         "machine": {"device": str(cfg.device), "threads": torch.get_num_threads(),
                     "cpu": platform.processor() or platform.machine(),
                     "gpu": torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda"
                     else None, "torch": torch.__version__, "robust_nb": __version__},
         "profile": cfg.profile, "model": cfg.model, "dataset": cfg.dataset,
-        "repeats": repeats, "matmul_peak_flops": peaks,
+        "repeats": repeats,
         "pgd": pgd_section(model, x, y, cfg.eps_linf, cfg.alpha_linf, repeats),
         "training": training_section(cfg, data, model, methods, train_n, repeats, workers),
     }
-    for section in [result["pgd"], *result["training"].values()]:
-        for t in section["paths"].values():
-            rate = t["flops"] / t["wall_s"]["median"]
-            t["flops_per_s"] = rate
-            t["fraction_of_peak"] = rate / peaks[t["dtype"]] if t["dtype"] in peaks else None
-    return result
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -383,11 +397,13 @@ def table(result: dict) -> str:
     """The result as a Markdown table: per path its time, its speed relative to the textbook
     loop (wall and CPU time), its achieved share of the measured peak."""
     m = result["machine"]
-    peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in result["matmul_peak_flops"].items())
+    sections = {"PGD": result["pgd"], **result["training"]}
+    peaks = "; ".join(f"{name} " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in s["peak_flops"].items())
+                      for name, s in sections.items())
     lines = [f"device {m['device']} ({m['gpu'] or m['cpu']}), {m['threads']} thread(s), torch "
              f"{m['torch']}; {result['profile']} profile, {result['model']} on "
              f"{result['dataset']}; medians of {result['repeats']} interleaved runs (min-max); "
-             f"matmul peak: {peaks}", "",
+             f"matmul peak in GFLOP/s, measured in each section's rounds: {peaks}", "",
              "| workload | path | time (min-max) | vs textbook, wall | vs textbook, CPU | "
              "of peak | check |", "|---|---|--:|--:|--:|--:|---|"]
     p = result["pgd"]
