@@ -121,11 +121,21 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
         # the three into one update; hold_trait_notifications validates them together (value
         # may exceed the old max until max has changed) and runs `redraw` once they are set.
         top = eps_max if change["new"] == "linf" else eps_max_l2
+        before = eps.value
         with eps.hold_sync(), eps.hold_trait_notifications():
             eps.max, eps.step, eps.value = top, top / 60, top / 3
+        if eps.value == before:          # otherwise `redraw_eps` has drawn the new norm already
+            redraw()
+
+    def redraw_eps(change):
+        # The browser snaps a displayed value to the slider's step in its own floating point and
+        # sends it back (0.29999999999999993 -> 0.3): a change of a few ulps, not worth an attack.
+        if abs(change["new"] - change["old"]) > 1e-9 * max(abs(change["old"]), eps.step):
+            redraw()
 
     norm.observe(rescale, names="value")
-    for w in (index, attack, norm, eps):
+    eps.observe(redraw_eps, names="value")
+    for w in (index, attack):
         w.observe(redraw, names="value")
     redraw()
     box = widgets.VBox([widgets.HBox([index, attack]), widgets.HBox([norm, eps]), readout, out])

@@ -1,6 +1,8 @@
 """The explorers' widgets: what the kernel sends to the browser when the norm changes, the text
 readouts (what a learner and the browser test read), and the DropBlock mask explorer."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -88,6 +90,29 @@ def test_the_readout_follows_every_control(explorer_box):
     assert readout.value == "fgsm is defined for norm linf only"
     norm.value = "linf"
     assert readout.value.startswith("fgsm, linf budget eps = 0.100: ")
+
+
+def test_one_attack_per_change_and_none_for_a_float_echo(monkeypatch):
+    import robust_nb.widgets as widgets_module
+
+    calls = []
+    real = widgets_module.attack_example
+    def counted(*args, **kwargs):
+        calls.append(args[3:6])                          # (attack, norm, eps)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(widgets_module, "attack_example", counted)
+    x, y = torch.rand(2, 1, 6, 6), torch.tensor([0, 1])
+    box = attack_explorer(linear_model(), x, y, eps_max=0.9, eps_max_l2=3.0, steps=2, attacks=("pgd",))
+    norm, eps = box.children[1].children
+    assert calls == [("pgd", "linf", eps.value)]
+    eps.value = math.nextafter(eps.value, 1.0)         # a browser's float echo of the same value
+    assert len(calls) == 1 and eps.value != calls[0][2], calls
+    norm.value = "l2"                                    # one attack for the new norm and budget
+    assert calls[1:] == [("pgd", "l2", 1.0)]
+    eps.value = 1.5
+    assert calls[2:] == [("pgd", "l2", 1.5)]
+    matplotlib.pyplot.close("all")
 
 
 def test_the_readout_says_when_an_attack_lacks_the_norm():
