@@ -84,8 +84,9 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
                     eps_max_l2: float = 3.0, steps: int = 10, attacks=EXPLORER_ATTACKS):
     """An interactive explorer: image index, attack, norm and eps sliders; shows the clean image,
     the adversarial image, the amplified perturbation and both predictions, with the same numbers
-    as a text readout (:func:`attack_summary`). The eps slider runs to ``eps_max`` for L-inf and
-    ``eps_max_l2`` for L2. Returns the widget (display it as the last line of a cell)."""
+    as a text readout (:func:`attack_summary`). Each norm has its own eps slider, from 0 to
+    ``eps_max`` for L-inf and to ``eps_max_l2`` for L2, starting at a third of it; choosing a norm
+    shows its slider. Returns the widget (display it as the last line of a cell)."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -95,8 +96,14 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
     attack = widgets.Dropdown(options=list(attacks), value=list(attacks)[1 if len(attacks) > 1 else 0],
                               description="attack")
     norm = widgets.Dropdown(options=["linf", "l2"], value="linf", description="norm")
-    eps = widgets.FloatSlider(value=eps_max / 3, min=0.0, max=eps_max, step=eps_max / 60,
-                              description="eps", readout_format=".3f")
+    # One slider per norm (an L2 ball needs a much larger radius than an L-inf ball for a visible
+    # effect). Re-ranging one slider in place raced with the browser, which clamps or re-snaps the
+    # value to the range it still has and sends that back: after switching to l2, eps stayed at
+    # the L-inf value (issue 15), also with max, step and value sent in one message.
+    eps_sliders = {name: widgets.FloatSlider(value=top / 3, min=0.0, max=top, step=top / 60,
+                                             description="eps", readout_format=".3f")
+                   for name, top in (("linf", eps_max), ("l2", eps_max_l2))}
+    eps_sliders["l2"].layout.display = "none"
     readout = _readout()
     out = widgets.Output()
 
@@ -108,37 +115,33 @@ def attack_explorer(model: nn.Module, images: Tensor, labels: Tensor, eps_max: f
                 readout.value = html.escape(f"{attack.value} is defined for norm {' or '.join(norms)} only")
                 return
             res = attack_example(model, images[index.value], labels[index.value], attack.value,
-                                 norm.value, eps.value, steps)
+                                 norm.value, eps_sliders[norm.value].value, steps)
             display(res["figure"])
             plt.close(res["figure"])
             readout.value = html.escape(res["summary"])
 
-    def rescale(change):
-        # An L2 ball needs a much larger radius than an L-inf ball for a visible effect.
-        # max, step and value must reach the browser in ONE message: sent one by one, the
-        # browser re-snaps its old value to the new max/step and sends it back, overwriting the
-        # new value (eps stayed at the L-inf budget after switching to l2). hold_sync batches
-        # the three into one update; hold_trait_notifications validates them together (value
-        # may exceed the old max until max has changed) and runs `redraw` once they are set.
-        top = eps_max if change["new"] == "linf" else eps_max_l2
-        before = eps.value
-        with eps.hold_sync(), eps.hold_trait_notifications():
-            eps.max, eps.step, eps.value = top, top / 60, top / 3
-        if eps.value == before:          # otherwise `redraw_eps` has drawn the new norm already
-            redraw()
+    def switch_norm(change):
+        for name, slider in eps_sliders.items():
+            slider.layout.display = None if name == change["new"] else "none"
+        redraw()
 
     def redraw_eps(change):
         # The browser snaps a displayed value to the slider's step in its own floating point and
-        # sends it back (0.29999999999999993 -> 0.3): a change of a few ulps, not worth an attack.
-        if abs(change["new"] - change["old"]) > 1e-9 * max(abs(change["old"]), eps.step):
+        # sends it back (0.29999999999999993 -> 0.3): a change of a few ulps, not worth an attack;
+        # nor is anything the hidden slider does.
+        slider = change["owner"]
+        if slider is eps_sliders[norm.value] and \
+                abs(change["new"] - change["old"]) > 1e-9 * max(abs(change["old"]), slider.step):
             redraw()
 
-    norm.observe(rescale, names="value")
-    eps.observe(redraw_eps, names="value")
+    norm.observe(switch_norm, names="value")
+    for slider in eps_sliders.values():
+        slider.observe(redraw_eps, names="value")
     for w in (index, attack):
         w.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([widgets.HBox([index, attack]), widgets.HBox([norm, eps]), readout, out])
+    box = widgets.VBox([widgets.HBox([index, attack]), widgets.HBox([norm, *eps_sliders.values()]),
+                        readout, out])
     box.add_class("rnb-attack-explorer")
     return box
 

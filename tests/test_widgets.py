@@ -1,5 +1,5 @@
-"""The explorers' widgets: what the kernel sends to the browser when the norm changes, the text
-readouts (what a learner and the browser test read), and the DropBlock mask explorer."""
+"""The explorers' widgets: one eps slider per norm (nothing re-ranged for the browser to race
+with), the text readouts (what a learner and the browser test read), and the DropBlock mask explorer."""
 
 import math
 
@@ -43,45 +43,48 @@ def explorer_box():
                            attacks=("fgsm", "pgd"))
 
 
-@pytest.fixture
-def explorer(explorer_box):
-    norm, eps = explorer_box.children[1].children
-    return norm, eps
+def controls(box):
+    """(index, attack, norm, {norm: eps slider}, readout) of an attack explorer."""
+    (index, attack), (norm, eps_linf, eps_l2) = (b.children for b in box.children[:2])
+    return index, attack, norm, {"linf": eps_linf, "l2": eps_l2}, box.children[2]
 
 
-def test_switching_the_norm_sends_max_step_and_value_in_one_update(explorer, monkeypatch):
-    norm, eps = explorer
-    messages = record_updates(monkeypatch, eps)
+def shown(slider) -> bool:
+    return slider.layout.display != "none"
+
+
+def test_each_norm_has_its_own_eps_slider_and_choosing_a_norm_shows_it(explorer_box):
+    _, _, norm, eps, readout = controls(explorer_box)
+    assert [(s.max, s.step, s.value) for s in eps.values()] == [pytest.approx((0.3, 0.005, 0.1)),
+                                                                pytest.approx((1.5, 0.025, 0.5))]
+    assert shown(eps["linf"]) and not shown(eps["l2"])
+    eps["linf"].value = 0.2
     norm.value = "l2"
-    assert (eps.max, eps.step, eps.value) == pytest.approx((1.5, 1.5 / 60, 0.5))
-    updates = [m for m in messages if m.get("method") == "update"]
-    # One message with all three: sent one by one, the browser re-snaps the old value after the
-    # max update and its reply overwrites the new value (issue 15: eps stayed at the L-inf 0.1).
-    assert len(updates) == 1, updates
-    state = updates[0]["state"]
-    assert {"max", "step", "value"} <= set(state)
-    assert (state["max"], state["step"], state["value"]) == pytest.approx((1.5, 0.025, 0.5))
+    assert shown(eps["l2"]) and not shown(eps["linf"])
+    assert readout.value.startswith("pgd, l2 budget eps = 0.500: ")
+    norm.value = "linf"                                  # each slider keeps its own value
+    assert shown(eps["linf"]) and readout.value.startswith("pgd, linf budget eps = 0.200: ")
 
 
-def test_switching_back_restores_the_linf_budget(explorer, monkeypatch):
-    norm, eps = explorer
+def test_switching_the_norm_sends_no_range_or_value_to_the_eps_sliders(explorer_box, monkeypatch):
+    # Re-ranging one slider raced with the browser, which sent back a value clamped or snapped to
+    # the old range (issue 15: eps stayed at the L-inf value after choosing l2). Now a switch only
+    # changes which slider is displayed.
+    _, _, norm, eps, _ = controls(explorer_box)
+    messages = {name: record_updates(monkeypatch, s) for name, s in eps.items()}
     norm.value = "l2"
-    messages = record_updates(monkeypatch, eps)
-    norm.value = "linf"        # the value 0.5 lies above the new max 0.3 until all three are set
-    assert (eps.max, eps.step, eps.value) == pytest.approx((0.3, 0.005, 0.1))
-    updates = [m for m in messages if m.get("method") == "update"]
-    assert len(updates) == 1 and updates[0]["state"]["value"] == pytest.approx(0.1)
+    norm.value = "linf"
+    assert all(not m for m in messages.values()), messages
 
 
 def test_the_readout_follows_every_control(explorer_box):
-    (index, attack), (norm, eps) = (b.children for b in explorer_box.children[:2])
-    readout = explorer_box.children[2]
+    index, attack, norm, eps_sliders, readout = controls(explorer_box)
     assert READOUT_CLASS in readout._dom_classes
     assert readout.value.startswith("pgd, linf budget eps = 0.100: clean ")
     norm.value = "l2"
     assert readout.value.startswith("pgd, l2 budget eps = 0.500: clean ")
     assert "perturbation l2 = " in readout.value
-    eps.value = 1.0
+    eps_sliders["l2"].value = 1.0
     assert readout.value.startswith("pgd, l2 budget eps = 1.000: ")
     before = readout.value
     index.value = 2
@@ -104,13 +107,14 @@ def test_one_attack_per_change_and_none_for_a_float_echo(monkeypatch):
     monkeypatch.setattr(widgets_module, "attack_example", counted)
     x, y = torch.rand(2, 1, 6, 6), torch.tensor([0, 1])
     box = attack_explorer(linear_model(), x, y, eps_max=0.9, eps_max_l2=3.0, steps=2, attacks=("pgd",))
-    norm, eps = box.children[1].children
-    assert calls == [("pgd", "linf", eps.value)]
-    eps.value = math.nextafter(eps.value, 1.0)         # a browser's float echo of the same value
-    assert len(calls) == 1 and eps.value != calls[0][2], calls
+    _, _, norm, eps, _ = controls(box)
+    assert calls == [("pgd", "linf", eps["linf"].value)]
+    eps["linf"].value = math.nextafter(eps["linf"].value, 1.0)    # a browser's float echo of the value
+    eps["l2"].value = 2.0                                # the hidden slider: nothing to draw
+    assert len(calls) == 1 and eps["linf"].value != calls[0][2], calls
     norm.value = "l2"                                    # one attack for the new norm and budget
-    assert calls[1:] == [("pgd", "l2", 1.0)]
-    eps.value = 1.5
+    assert calls[1:] == [("pgd", "l2", 2.0)]
+    eps["l2"].value = 1.5
     assert calls[2:] == [("pgd", "l2", 1.5)]
     matplotlib.pyplot.close("all")
 
@@ -118,7 +122,7 @@ def test_one_attack_per_change_and_none_for_a_float_echo(monkeypatch):
 def test_the_readout_says_when_an_attack_lacks_the_norm():
     x, y = torch.rand(2, 1, 6, 6), torch.tensor([0, 1])
     box = attack_explorer(linear_model(), x, y, steps=2, attacks=("pgd", "fgsm"))
-    attack, (norm, _) = box.children[0].children[1], box.children[1].children
+    _, attack, norm, _, _ = controls(box)
     attack.value = "fgsm"
     norm.value = "l2"
     assert box.children[2].value == "fgsm is defined for norm linf only"

@@ -254,8 +254,9 @@ def widget_state(widget) -> tuple[str, str]:
 
 
 def _labelled(widget, kind: str, label: str):
-    box = widget.locator(f".{kind}", has=widget.page.locator("label.widget-label", has_text=label))
-    assert box.count() == 1, f"expected one {kind} labelled {label!r} in the widget, found {box.count()}"
+    """The one visible control of CSS class ``kind`` labelled ``label`` in ``widget``."""
+    box = widget.locator(f".{kind}:visible", has=widget.page.locator("label.widget-label", has_text=label))
+    assert box.count() == 1, f"expected one visible {kind} labelled {label!r}, found {box.count()}"
     return box
 
 
