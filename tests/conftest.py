@@ -15,6 +15,12 @@ from torch import nn  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The browser tests (marker ``e2e``) run last, after nbval has run notebooks/ and cached the
+    models that the notebooks they open load (alone, they train what is missing first)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)     # stable: order kept
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The embedded 5k MNIST subset (loaded once per test session)."""
