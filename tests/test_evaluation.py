@@ -99,9 +99,10 @@ def test_attack_example_and_explorer(trained):
     with pytest.raises(ValueError, match="L-inf"):
         attack_example(model, x[0], y[0], "fgsm", "l2", eps=1.0)
     widget = attack_explorer(model, x[:4], y[:4], eps_max=0.2, eps_max_l2=2.0, steps=3)
-    norm_dropdown, eps_slider = widget.children[1].children
-    norm_dropdown.value = "l2"                             # switching norm rescales the eps slider
-    assert eps_slider.max == pytest.approx(2.0)
+    norm_dropdown, linf_slider, l2_slider = widget.children[1].children   # one eps slider per norm
+    assert linf_slider.max == pytest.approx(0.2) and l2_slider.max == pytest.approx(2.0)
+    norm_dropdown.value = "l2"                             # switching norm shows the L2 slider only
+    assert l2_slider.layout.display is None and linf_slider.layout.display == "none"
 
 
 def test_robust_accuracy_passes_batch_size_to_the_attack(trained):
