@@ -478,7 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))                      # exits with code 2
     try:
         device = distributed.init_from_env()
-        return train(run, options, device)
+        result = train(run, options, device)
+        # Every rank finishes its collectives before any rank tears the group down (a rank that
+        # left early once made gloo's threads abort the other: "terminate called without an
+        # active exception", exit code -6, in a 2-process test under heavy load).
+        distributed.barrier()
+        return result
     except UsageError as err:
         parser.error(str(err))
     except (DatasetUnavailableError, CheckpointError, TrainingDiverged, ValueError) as err:
