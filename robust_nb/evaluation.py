@@ -45,23 +45,36 @@ def _check_labelled_batch(model: nn.Module, x: Tensor, y: Tensor) -> None:
 
 # -- robust accuracy and eps sweeps --------------------------------------------------------------
 
-def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack="pgd",
-                    batch_size: int | None = None, **attack_kwargs) -> float:
-    """Accuracy of ``model`` on ``attack(model, x, y, **attack_kwargs)``.
+def robust_correct(model: nn.Module, x: Tensor, y: Tensor, attack="pgd",
+                   batch_size: int | None = None, **attack_kwargs) -> Tensor:
+    """Per image, whether ``model`` still classifies ``attack(model, x, y, **attack_kwargs)`` as
+    ``y``: an (N,) bool tensor on x's device, whose mean is :func:`robust_accuracy`. Keep it to
+    read the robust accuracy of any subset of the images without attacking them again.
 
-    ``attack`` is a registry name (``rnb.attacks.ATTACKS``) or a callable
-    ``attack(model, x, y, **kw) -> x_adv``. ``batch_size``, if given, goes to the attack and to
-    the accuracy computation.
-
-    >>> robust_accuracy(model, x, y, "pgd", eps=0.1, alpha=0.025, steps=10)
-    >>> robust_accuracy(model, x, y, "apgd", **rnb.attacks.default_kwargs("apgd", 0.1))
+    >>> ok = robust_correct(model, x, y, "pgd", eps=0.3, alpha=0.075, steps=10)
+    >>> ok.float().mean().item(), ok[:200].float().mean().item()     # all images, the first 200
     """
     fn = attack if callable(attack) else get_attack(attack).fn
     _check_labelled_batch(model, x, y)
     if batch_size is not None:
         attack_kwargs["batch_size"] = batch_size
     x_adv = fn(model, x, y, **attack_kwargs)
-    return accuracy(model, x_adv, y, batch_size or 500)
+    return _logits(model, x_adv, batch_size or 500).argmax(1) == y.to(x.device)
+
+
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack="pgd",
+                    batch_size: int | None = None, **attack_kwargs) -> float:
+    """Accuracy of ``model`` on ``attack(model, x, y, **attack_kwargs)``.
+
+    ``attack`` is a registry name (``rnb.attacks.ATTACKS``) or a callable
+    ``attack(model, x, y, **kw) -> x_adv``. ``batch_size``, if given, goes to the attack and to
+    the accuracy computation. :func:`robust_correct` gives the result per image.
+
+    >>> robust_accuracy(model, x, y, "pgd", eps=0.1, alpha=0.025, steps=10)
+    >>> robust_accuracy(model, x, y, "apgd", **rnb.attacks.default_kwargs("apgd", 0.1))
+    """
+    correct = robust_correct(model, x, y, attack, batch_size, **attack_kwargs)
+    return correct.sum().item() / len(y)
 
 
 @dataclass

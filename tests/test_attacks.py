@@ -233,6 +233,38 @@ def test_batchnorm_as_affine_is_exact_and_restored(trained, batch):
         model.eval()
 
 
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batchnorm_as_affine_folds_conv_bn_pairs(channels_last):
+    # conv -> BN pairs inside a Sequential fold into the conv; a BN after anything else becomes
+    # an affine map. Outputs and input gradients match the BatchNorms' up to float rounding.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.BatchNorm2d(4), nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3))
+    for m in model:
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+    model.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.rand(5, 2, 9, 9).to(memory_format=fmt).requires_grad_(True)
+    originals = list(model)
+
+    def out_and_grad():
+        out = model(x)
+        grad, = torch.autograd.grad(out.square().sum(), x)
+        return out.detach(), grad
+
+    ref = out_and_grad()
+    with batchnorm_as_affine(model):
+        kinds = [type(m).__name__ for m in model]
+        folded = out_and_grad()
+    assert kinds == ["_FoldedConv", "Identity", "ReLU", "_EvalBatchNorm", "_FoldedConv", "Identity"]
+    assert all(a is b for a, b in zip(model, originals))         # every module put back
+    for a, b in zip(ref, folded):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
 # -- the losses against hand-computed values ------------------------------------------------------
 
 def test_margin_and_dlr_hand_computed():

@@ -15,6 +15,7 @@ from robust_nb.evaluation import (  # noqa: E402
     gradient_masking_check,
     predict_logits,
     robust_accuracy,
+    robust_correct,
 )
 from robust_nb.stats import Accuracy, format_accuracy  # noqa: E402
 from robust_nb.widgets import attack_example, attack_explorer  # noqa: E402
@@ -36,6 +37,17 @@ def test_robust_accuracy_equals_accuracy_on_the_attack_output(trained):
     with pytest.raises(ValueError, match="unknown attack"):
         robust_accuracy(model, x, y, "deepfool", eps=0.1)
 
+
+
+def test_robust_correct_is_per_image_and_matches_robust_accuracy(trained):
+    model, x, y = trained
+    kw = dict(eps=0.1, alpha=0.025, steps=5, seed=1)
+    ok = robust_correct(model, x, y, "pgd", **kw)
+    assert ok.dtype == torch.bool and ok.shape == y.shape
+    x_adv = pgd(model, x, y, **kw)
+    assert torch.equal(ok, predict_logits(model, x_adv).argmax(1) == y)  # image by image
+    assert ok.sum().item() / len(y) == robust_accuracy(model, x, y, "pgd", **kw)
+    assert 0 < ok.sum() < len(y)                 # some images fooled, some not: a real comparison
 
 def test_eps_sweep_table_and_plot(trained):
     model, x, y = trained

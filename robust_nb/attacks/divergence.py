@@ -49,7 +49,14 @@ from torch import Tensor, nn
 
 from ..losses import fisher_rao_penalty, kl_divergence_sum
 from ..modes import model_device
-from .core import attack_mode, batched, check_attack_inputs, make_generator, project
+from .core import (
+    attack_mode,
+    batched,
+    batchnorm_as_affine,
+    check_attack_inputs,
+    make_generator,
+    project,
+)
 
 Divergence = Callable[[Tensor, Tensor], Tensor]   # (logits_clean, logits_adv) -> scalar
 
@@ -108,6 +115,6 @@ def _divergence_ascent(model: nn.Module, x: Tensor, y: Tensor | None, divergence
             x_adv = project(x_adv.detach() + alpha * grad.sign(), xb, eps, "linf")
         return x_adv if steps else project(x_adv, xb, eps, "linf")
 
-    with attack_mode(model):
+    with attack_mode(model), batchnorm_as_affine(model):
         out = batched(ascend, x0, noise, batch_size)
     return out.detach().to(x.device)

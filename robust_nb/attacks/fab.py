@@ -41,7 +41,15 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import model_device
-from .core import attack_mode, batched, check_attack_inputs, check_labels, lp_norm, make_generator
+from .core import (
+    attack_mode,
+    batched,
+    batchnorm_as_affine,
+    check_attack_inputs,
+    check_labels,
+    lp_norm,
+    make_generator,
+)
 from .core import per_sample as _view
 
 
@@ -69,7 +77,7 @@ def fab(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
         return _fab_batch(model, xb, yb, eps, norm, targeted, n_target_classes, steps, restarts,
                           alpha_max, eta, beta, gen)
 
-    with attack_mode(model):
+    with attack_mode(model), batchnorm_as_affine(model):
         out = batched(run, x0, y, batch_size)
     return out.detach().to(x.device)
 

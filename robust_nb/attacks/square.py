@@ -64,7 +64,15 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import model_device
-from .core import attack_mode, batched, check_attack_inputs, check_labels, lp_norm, make_generator
+from .core import (
+    attack_mode,
+    batched,
+    batchnorm_as_affine,
+    check_attack_inputs,
+    check_labels,
+    lp_norm,
+    make_generator,
+)
 from .core import per_sample as _view
 from .objectives import ce_loss, margin
 
@@ -104,7 +112,7 @@ def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf
         return _square_batch(model, xb, lb, eps, norm, queries, p_init, restarts, loss, targeted,
                              gen, rescale_schedule)
 
-    with attack_mode(model):
+    with attack_mode(model), batchnorm_as_affine(model):
         out = batched(run, x0, label, batch_size)
     return out.detach().to(x.device)
 
