@@ -44,7 +44,9 @@ class AutoAttackTraining(AdversarialMethod):
 
     @classmethod
     def passes_per_step(cls, options) -> int:
-        return 1 + options.steps                   # the APGD iterations, then the training pass
+        # per loss and restart: APGD's gradient at its starting point and one per iteration;
+        # then the training pass
+        return 1 + len(options.losses) * options.restarts * (1 + options.steps)
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         seed = self.attack_seed()

@@ -91,7 +91,7 @@ _QUICK = dict(epochs=6, lr=0.05, batch_size=64, weight_decay=5e-4, schedule="cos
 # seeds, 75% with it; notebook 05 shows both runs).
 _QUICK_ROBUST = dict(_QUICK, eps_warmup_epochs=2)
 _QUICK_STEPS = 5
-_QUICK_ROBUST_VAL = 200        # held-out images attacked after every epoch (the per-epoch curves)
+_QUICK_ROBUST_VAL = 200        # held-out images attacked after every epoch (notebook 05's curves)
 _QUICK_SOURCE = ("the course's quick recipe (no paper): sized to train in about a minute on a "
                  "2-core CPU")
 
@@ -117,8 +117,10 @@ def _quick(cfg: Config) -> dict[str, Recipe]:
                        FastAdversarialTraining.Options(**monitored),
                        _QUICK_SOURCE + "; FGSM step 1.25 eps and the guard of Wong et al. 2020"),
         "autoattack": Recipe("autoattack", AutoAttackTraining,
-                             AutoAttackTraining.Options(**monitored, steps=_QUICK_STEPS),
-                             _QUICK_SOURCE + "; APGD-CE examples (not a paper's method)"),
+                             AutoAttackTraining.Options(**robust, steps=_QUICK_STEPS - 1),
+                             _QUICK_SOURCE + "; APGD-CE examples (not a paper's method) with "
+                             "PGD-AT's budget: 5 gradients per batch (APGD's starting point and "
+                             "4 iterations)"),
         "trades": Recipe("trades", TradesTraining,
                          TradesTraining.Options(**robust, alpha=cfg.alpha_linf,
                                                 steps=_QUICK_STEPS, beta=6.0),
