@@ -82,7 +82,7 @@ def main() -> None:
           f"between the variants as the attacks run them (eval mode, fp32): {diff:.1e}")
     for name, attack in attacks.items():
         times = {v: [] for v in variants}
-        for v, m in variants.items():                                # warm-up
+        for m in variants.values():                                  # warm-up
             attack(m)
         for _ in range(args.repeats):
             for v, m in variants.items():
