@@ -234,11 +234,12 @@ def test_batchnorm_as_affine_is_exact_and_restored(trained, batch):
 
 
 
+@pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_batchnorm_as_affine_folds_conv_bn_pairs(channels_last):
+def test_batchnorm_as_affine_folds_conv_bn_pairs(channels_last, seed):
     # conv -> BN pairs inside a Sequential fold into the conv; a BN after anything else becomes
     # an affine map. Outputs and input gradients match the BatchNorms' up to float rounding.
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.BatchNorm2d(4), nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3))
     for m in model:

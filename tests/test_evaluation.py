@@ -39,9 +39,10 @@ def test_robust_accuracy_equals_accuracy_on_the_attack_output(trained):
 
 
 
-def test_robust_correct_is_per_image_and_matches_robust_accuracy(trained):
+@pytest.mark.parametrize("seed", range(5))
+def test_robust_correct_is_per_image_and_matches_robust_accuracy(trained, seed):
     model, x, y = trained
-    kw = dict(eps=0.1, alpha=0.025, steps=5, seed=1)
+    kw = dict(eps=0.1, alpha=0.025, steps=5, seed=seed)
     ok = robust_correct(model, x, y, "pgd", **kw)
     assert ok.dtype == torch.bool and ok.shape == y.shape
     x_adv = pgd(model, x, y, **kw)
