@@ -33,8 +33,12 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> f
     """Fraction of ``x`` that ``model`` classifies as ``y`` (eval mode). Labels must lie in
     ``[0, num_classes)``; an empty batch raises (its accuracy is undefined)."""
     _check_labelled_batch(model, x, y)
-    correct = (_logits(model, x, batch_size).argmax(1) == y.to(x.device)).sum()
-    return correct.item() / len(y)
+    return _correct(model, x, y, batch_size).sum().item() / len(y)
+
+
+def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """(N,) bool: where ``model`` (eval mode) classifies ``x`` as ``y``, on x's device."""
+    return _logits(model, x, batch_size).argmax(1) == y.to(x.device)
 
 
 def _check_labelled_batch(model: nn.Module, x: Tensor, y: Tensor) -> None:
@@ -59,7 +63,7 @@ def robust_correct(model: nn.Module, x: Tensor, y: Tensor, attack="pgd",
     if batch_size is not None:
         attack_kwargs["batch_size"] = batch_size
     x_adv = fn(model, x, y, **attack_kwargs)
-    return _logits(model, x_adv, batch_size or 500).argmax(1) == y.to(x.device)
+    return _correct(model, x_adv, y, batch_size or 500)
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack="pgd",

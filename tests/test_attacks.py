@@ -233,7 +233,6 @@ def test_batchnorm_as_affine_is_exact_and_restored(trained, batch):
         model.eval()
 
 
-
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_batchnorm_as_affine_folds_conv_bn_pairs(channels_last, seed):
@@ -265,6 +264,7 @@ def test_batchnorm_as_affine_folds_conv_bn_pairs(channels_last, seed):
     assert all(a is b for a, b in zip(model, originals))         # every module put back
     for a, b in zip(ref, folded):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
 
 # -- the losses against hand-computed values ------------------------------------------------------
 

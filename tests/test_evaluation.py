@@ -38,7 +38,6 @@ def test_robust_accuracy_equals_accuracy_on_the_attack_output(trained):
         robust_accuracy(model, x, y, "deepfool", eps=0.1)
 
 
-
 @pytest.mark.parametrize("seed", range(5))
 def test_robust_correct_is_per_image_and_matches_robust_accuracy(trained, seed):
     model, x, y = trained
@@ -49,6 +48,7 @@ def test_robust_correct_is_per_image_and_matches_robust_accuracy(trained, seed):
     assert torch.equal(ok, predict_logits(model, x_adv).argmax(1) == y)  # image by image
     assert ok.sum().item() / len(y) == robust_accuracy(model, x, y, "pgd", **kw)
     assert 0 < ok.sum() < len(y)                 # some images fooled, some not: a real comparison
+
 
 def test_eps_sweep_table_and_plot(trained):
     model, x, y = trained

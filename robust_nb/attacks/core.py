@@ -310,7 +310,7 @@ def batchnorm_as_affine(model: nn.Module):
             folded = set()
             if isinstance(parent, nn.Sequential):
                 for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-                    if type(conv) is nn.Conv2d and _frozen_bn(bn) and conv_name not in folded:
+                    if type(conv) is nn.Conv2d and _frozen_bn(bn):
                         setattr(parent, conv_name, _FoldedConv(conv, bn))
                         setattr(parent, bn_name, nn.Identity())
                         swapped += [(parent, conv_name, conv), (parent, bn_name, bn)]
