@@ -27,7 +27,7 @@ NOTEBOOKS = {
     "03_classical_training": [("classical", 2), ("classical@resnet18", 1)],
     "05_adversarial_training": [("pgd", 1), ("fgsm", 1)],
     "06_trades": [("trades", 1), ("trades-sweep", 5)],
-    "07_fire_and_comparison": [("fire", 1), ("autoattack", 1)],
+    "07_fire_and_apgd_training": [("fire", 1), ("autoattack", 1)],
     "08_mixup_calibration": [("mixup", 1)],
 }
 

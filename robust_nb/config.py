@@ -66,7 +66,7 @@ class Config:
     # -- experiments of the notebooks ----------------------------------------------------------
     trades_betas: tuple          # the TRADES beta sweep of notebook 06
     trades_sweep_epochs: int     # epochs of each model of that sweep
-    n_autoattack: int            # test images attacked by AutoAttack in notebook 07's comparison
+    n_autoattack: int            # test images attacked by AutoAttack in the comparison (notebook 09)
     calibration_bins: int        # bins of the reliability diagrams and ECE
     # -- where results go ---------------------------------------------------------------------
     results_dir: Path = field(default=Path("results"))
@@ -97,9 +97,9 @@ _PROFILES: dict[str, dict] = {
         # targeted stages cost several PGD-AT epochs per 1,000 robust images) a fixed subset.
         attack_steps=10, restarts=1, square_queries=300, apgd_steps=25, n_attack=1000,
         # AutoAttack's targeted stages attack the 3 most likely wrong classes, not 9 (the
-        # top-ranked targets win): on the five robust models of notebook 07 (200 images each,
-        # fp32) the ensemble ended at the same accuracy with 3 targets as with 9 on four of them and
-        # one image higher on FGSM-RS (22.5% vs 22.0%), in about half the time.
+        # top-ranked targets win): on the five robust models of the comparison (notebook 09; 200
+        # images each, fp32) the ensemble ended at the same accuracy with 3 targets as with 9 on
+        # four of them and one image higher on FGSM-RS (22.5% vs 22.0%), in about half the time.
         autoattack_targets=3,
         trades_betas=(0.0, 1.0, 6.0), trades_sweep_epochs=6, n_autoattack=200,
         calibration_bins=15,

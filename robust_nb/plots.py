@@ -183,11 +183,11 @@ def tradeoff_curve(clean, robust, labels, ax=None, label_prefix: str = "β = ",
 def method_comparison(table, metrics=("clean", "pgd, AA images", "autoattack"),
                       time_key: str = "s/epoch", *, n=None):
     """Grouped bars of accuracies per method, each with its 95% Wilson interval, and time per
-    epoch beside them (notebook 07).
+    epoch beside them (notebook 09).
 
     ``table``: a mapping method -> {metric: value} (or a pandas DataFrame indexed by method).
     ``n``: the number of images behind each metric -- one int, or a dict metric -> n (notebook
-    07: ``len(y_test)`` for clean, ``len(y_aa)`` for AutoAttack and PGD on the same images);
+    09: ``len(y_test)`` for clean, ``len(y_aa)`` for AutoAttack and PGD on the same images);
     not needed when the values are ``rnb.stats.Accuracy``. Returns the Figure.
     """
     import matplotlib.pyplot as plt

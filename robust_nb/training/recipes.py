@@ -83,7 +83,7 @@ class Recipe:
 # SGD with momentum 0.9 and a cosine decay, no EMA (none of the papers uses one; notebook 03
 # shows it as an extra), and channels_last (no effect on the numbers; faster with bf16 on CPUs and
 # on tensor-core GPUs).
-# Every method gets the same budget of 6 epochs, so that notebook 07 compares methods, not budgets.
+# Every method gets the same budget of 6 epochs, so that notebook 09 compares methods, not budgets.
 _QUICK = dict(epochs=6, lr=0.05, batch_size=64, weight_decay=5e-4, schedule="cosine",
               channels_last=True)
 # Attack-based methods: 5 attack steps, and eps ramped up from 0 over the first 2 epochs
